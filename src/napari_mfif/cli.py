@@ -1,0 +1,183 @@
+"""The ``napari-mfif`` command line: a thin layer over :func:`napari_mfif.fuse`.
+
+Bad input ends in one line on stderr (``napari-mfif: error: ...``) and exit status 2,
+with no output file written. Ctrl-C ends with status 130 and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from ._errors import MfifError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error here
+        raise MfifError(f"{message} (see '{self.prog} --help')")
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _params(items: Sequence[str]) -> dict:
+    params = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MfifError(f"--param takes NAME=VALUE, got {item!r}")
+        params[key.strip()] = _parse_value(value.strip())
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="napari-mfif",
+        description="Fuse a microscope focal stack into one all-in-focus image and a height map.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-mfif {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fuse = sub.add_parser(
+        "fuse",
+        help="fuse a focal stack",
+        description=(
+            "Fuse a focal stack. INPUT is one multi-page TIFF (slices along the first axis, "
+            "RGB last allowed) or two or more image files (TIFF, PNG, JPEG, BMP; read by "
+            "content) taken as slices in the given order."
+        ),
+    )
+    fuse.add_argument("inputs", nargs="*", metavar="INPUT", help="the stack or its slices")
+    fuse.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                      help="fused image: .tif (any dtype) or .png/.jpg (8-bit); keeps the input dtype")
+    fuse.add_argument("--method", default=None, help="fusion method (see 'napari-mfif methods')")
+    fuse.add_argument("--mode", default="nway", choices=("series", "nway"),
+                      help="nway: all slices at once (default); series: two at a time, in order")
+    fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
+                      help="also write the height map (float32 TIFF, slice units)")
+    fuse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="where to compute (default auto: a CUDA GPU when the method can use one)")
+    fuse.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
+                      help="a method parameter, e.g. -p window=4 (repeatable)")
+    fuse.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    fuse.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    sample = sub.add_parser("sample", help="write the bundled synthetic focal stack",
+                            description="Write the bundled synthetic focal stack (uint16 TIFF).")
+    sample.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+    sub.add_parser("methods", help="list the fusion methods and their parameters",
+                   description="List the fusion methods and their parameters.")
+    return parser
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _cmd_fuse(args) -> int:
+    from . import io
+    from ._api import fuse
+    from .registry import DEFAULT_METHOD, get_method
+
+    if not args.inputs:
+        raise MfifError("no input given: name one multi-page TIFF or two or more image files")
+    method = args.method or DEFAULT_METHOD
+    spec = get_method(method)
+    params = spec.resolve_params(_params(args.param))
+    outputs = [Path(args.output)] + ([Path(args.height_map)] if args.height_map else [])
+    if args.height_map and io.output_format(args.height_map) != "TIFF":
+        raise MfifError("the height map is float32: give it a .tif or .tiff name")
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise MfifError("the fused image and the height map must go to different files")
+    for out in outputs:
+        for inp in args.inputs:
+            if _same_file(out, Path(inp)) or out.resolve() == Path(inp).resolve():
+                raise MfifError(f"output {out} is one of the inputs; inputs are never overwritten")
+        io.check_output(out, overwrite=args.overwrite)
+
+    start = time.perf_counter()
+    stack = io.read_stack(args.inputs)
+    io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
+    result = fuse(stack, method=method, mode=args.mode, device=args.device, **params)
+    io.write_image(outputs[0], result.image, overwrite=args.overwrite)
+    if args.height_map:
+        io.write_image(outputs[1], result.index_map, overwrite=args.overwrite)
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        print(f"fused {stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} "
+              f"{stack.dtype} with {method} ({args.mode}, {result.device}) in {elapsed:.1f} s")
+        print(f"fused image: {outputs[0].resolve()}")
+        if args.height_map:
+            print(f"height map:  {outputs[1].resolve()}")
+    return EXIT_OK
+
+
+def _cmd_sample(args) -> int:
+    from . import io
+    from .synthetic import sample_stack
+
+    io.check_output(args.output, overwrite=args.overwrite, dtype="uint16")
+    sample = sample_stack()
+    path = io.write_image(args.output, sample.stack, overwrite=args.overwrite)
+    z, y, x = sample.stack.shape
+    print(f"sample focal stack ({z} slices of {y}x{x} uint16): {path.resolve()}")
+    return EXIT_OK
+
+
+def _cmd_methods(args) -> int:
+    from .registry import DEFAULT_METHOD, available_methods
+
+    for name, spec in available_methods().items():
+        default = " (default)" if name == DEFAULT_METHOD else ""
+        print(f"{name}{default}: {spec.summary}")
+        print(f"    modes: {', '.join(spec.modes)}; devices: {', '.join(spec.devices)}")
+        for key, value in spec.params.items():
+            print(f"    -p {key}={value}  {spec.param_help.get(key, '')}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        return {"fuse": _cmd_fuse, "sample": _cmd_sample, "methods": _cmd_methods}[args.command](args)
+    except MfifError as exc:
+        print(f"napari-mfif: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # disk full, permissions changed under us, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"napari-mfif: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("napari-mfif: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

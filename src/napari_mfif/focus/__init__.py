@@ -1,0 +1,1 @@
+"""Focus-detection backends: classic focus measures (``classic``); the CNN comes later."""

@@ -1,0 +1,239 @@
+"""Focal-stack plumbing shared by every method: input checks, luminance, dtype round trip,
+and the two ways of fusing many slices from per-slice focus maps (N-way and in series)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._errors import MfifError
+
+#: the most channels accepted on the last axis of a (Z, Y, X, C) stack
+MAX_CHANNELS = 16
+
+# Rec. 601 luma weights, as the MFIF reference code converts colour to gray
+_LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
+
+Progress = Callable[[int, int], None] | None
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def _check_dtype(dtype: np.dtype, what: str) -> None:
+    if dtype.kind == "b":
+        raise MfifError(f"{what} is boolean; give intensities (uint8, uint16 or float32)")
+    if dtype.kind == "c":
+        raise MfifError(f"{what} is complex ({dtype}); give real intensities")
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise MfifError(f"{what} has unsupported dtype {dtype}; use uint8, uint16 or float32")
+
+
+def _looks_like_one_rgb_image(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] >= 16 and shape[1] >= 16
+
+
+def as_stack(stack: Any) -> np.ndarray:
+    """Check a focal stack and return it as a (Z, Y, X) or (Z, Y, X, C) numpy array.
+
+    ``stack`` is a numpy or dask array (slices along the first axis, optional channels
+    last) or a sequence of 2-D / (Y, X, C) arrays in slice order. A dask array is
+    checked by shape before it is computed. The input is never modified.
+    """
+    if isinstance(stack, (list, tuple)):
+        return _stack_from_slices(stack)
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):
+        raise MfifError(
+            f"cannot fuse a {type(stack).__name__}; give an array of shape (Z, Y, X) or "
+            "(Z, Y, X, C), or a list of 2-D images"
+        )
+    shape = tuple(int(s) for s in stack.shape)
+    _check_shape(shape)
+    _check_dtype(np.dtype(stack.dtype), "the stack")
+    array = np.asarray(stack)  # computes a dask array; numpy arrays are not copied
+    _check_finite(array)
+    return array
+
+
+def _stack_from_slices(slices: Sequence[Any]) -> np.ndarray:
+    if len(slices) == 0:
+        raise MfifError("the list of slices is empty; a focal stack needs at least two slices")
+    arrays = [np.asarray(s) for s in slices]
+    first = arrays[0]
+    for i, a in enumerate(arrays):
+        if a.ndim not in (2, 3):
+            raise MfifError(
+                f"slice {i} has shape {_shape_str(a.shape)}; each slice must be 2-D (Y, X) "
+                "or (Y, X, C)"
+            )
+        if a.shape != first.shape:
+            raise MfifError(
+                f"slice {i} has shape {_shape_str(a.shape)} but slice 0 has "
+                f"{_shape_str(first.shape)}; all slices must have the same shape"
+            )
+        if a.dtype != first.dtype:
+            raise MfifError(
+                f"slice {i} has dtype {a.dtype} but slice 0 has {first.dtype}; all slices "
+                "must have the same dtype"
+            )
+    if len(arrays) < 2:
+        raise MfifError(
+            "got a single image; a focal stack needs at least two slices"
+        )
+    _check_dtype(first.dtype, "the stack")
+    array = np.stack(arrays)
+    _check_shape(array.shape)
+    _check_finite(array)
+    return array
+
+
+def _check_shape(shape: tuple[int, ...]) -> None:
+    ndim = len(shape)
+    if ndim == 2:
+        raise MfifError(
+            f"got a single 2-D image of shape {_shape_str(shape)}; a focal stack needs at "
+            "least two slices along the first axis, (Z, Y, X)"
+        )
+    if _looks_like_one_rgb_image(shape):
+        raise MfifError(
+            f"got an array of shape {_shape_str(shape)}, which is a single colour image; a "
+            "focal stack needs at least two slices, (Z, Y, X) or (Z, Y, X, C)"
+        )
+    if ndim not in (3, 4):
+        raise MfifError(
+            f"got an array of shape {_shape_str(shape)}; a focal stack is (Z, Y, X) or "
+            "(Z, Y, X, C) with the slices along the first axis"
+        )
+    if ndim == 4 and not 1 <= shape[-1] <= MAX_CHANNELS:
+        raise MfifError(
+            f"got a 4-D array of shape {_shape_str(shape)}; 4-D stacks must be (Z, Y, X, C) "
+            f"with the channels last (at most {MAX_CHANNELS})"
+        )
+    if 0 in shape:
+        raise MfifError(f"the stack is empty: its shape is {_shape_str(shape)}")
+    if shape[0] < 2:
+        raise MfifError(
+            f"the stack has {shape[0]} slice; a focal stack needs at least two slices"
+        )
+
+
+def _check_finite(array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise MfifError(
+            f"the stack holds {bad} NaN or infinite value(s); replace them before fusing"
+        )
+
+
+def work_dtype(dtype: np.dtype) -> np.dtype:
+    """Float type computations run in: float32, or float64 where float32 would lose bits."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def with_channel_axis(stack: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(Z, Y, X[, C]) -> (Z, Y, X, C) float array, and whether the input had channels."""
+    had_channels = stack.ndim == 4
+    out = stack if had_channels else stack[..., np.newaxis]
+    return out.astype(work_dtype(stack.dtype), copy=True), had_channels
+
+
+def luminance(stack: np.ndarray) -> np.ndarray:
+    """The gray image focus is judged on, for a (Z, Y, X, C) float stack.
+
+    RGB(A) uses the Rec. 601 weights (0.2989, 0.5870, 0.1140) and ignores alpha; one
+    channel is used as is; any other channel count is averaged.
+    """
+    channels = stack.shape[-1]
+    if channels == 1:
+        return stack[..., 0]
+    if channels in (3, 4):
+        return np.tensordot(stack[..., :3], _LUMA.astype(stack.dtype), axes=([-1], [0]))
+    return stack.mean(axis=-1)
+
+
+def to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast a float result back to ``dtype``: integers are rounded and clipped to their
+    range; floats are cast. No rescaling."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(image), info.min, info.max).astype(dtype)
+    return image.astype(dtype)
+
+
+def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pixel-wise weighted average: sum_k weights[k] * stack[k] for (Z, Y, X, C) slices and
+    (Z, Y, X) weights that sum to one at every pixel."""
+    fused = np.zeros(stack.shape[1:], dtype=stack.dtype)
+    for k in range(stack.shape[0]):
+        fused += weights[k][..., np.newaxis] * stack[k]
+    return fused
+
+
+def nway_weights(
+    focus: Callable[[np.ndarray], np.ndarray],
+    gray: np.ndarray,
+    smooth: Callable[[np.ndarray], np.ndarray],
+    progress: Progress = None,
+) -> np.ndarray:
+    """Choose-max across all slices at once, with a smoothed decision.
+
+    ``focus(slice) -> map`` scores each gray slice; each pixel is given to the slice with
+    the highest score (ties to the lower slice); the one-hot decision maps are smoothed
+    with ``smooth`` (a linear, normalised filter, so the weights still sum to one), which
+    removes isolated wrong choices and softens the seams.
+    """
+    z = gray.shape[0]
+    best = np.full(gray.shape[1:], -np.inf, dtype=gray.dtype)
+    choice = np.zeros(gray.shape[1:], dtype=np.intp)
+    for k in range(z):
+        score = focus(gray[k])
+        better = score > best
+        best[better] = score[better]
+        choice[better] = k
+        if progress is not None:
+            progress(k + 1, 2 * z)
+    weights = np.empty(gray.shape, dtype=gray.dtype)
+    for k in range(z):
+        weights[k] = smooth((choice == k).astype(gray.dtype))
+        if progress is not None:
+            progress(z + k + 1, 2 * z)
+    weights /= weights.sum(axis=0, keepdims=True)
+    return weights
+
+
+def index_from_weights(weights: np.ndarray) -> np.ndarray:
+    """The fractional slice index sum_k k * weights[k], as float32."""
+    ks = np.arange(weights.shape[0], dtype=weights.dtype)
+    return np.tensordot(ks, weights, axes=([0], [0])).astype(np.float32)
+
+
+def fuse_series(
+    stack: np.ndarray,
+    gray: np.ndarray,
+    pair_decision: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse slices two at a time in series, as the papers do for more than two images.
+
+    The running result A is fused with the next slice B by ``pair_decision(grayA, grayB)``,
+    a map D in [0, 1] (1 where A is in focus): A <- D*A + (1-D)*B. The index map follows the
+    same rule, so it holds the (fractional) slice each pixel came from.
+    """
+    z = stack.shape[0]
+    fused = stack[0].copy()
+    fused_gray = gray[0].copy()
+    index = np.zeros(gray.shape[1:], dtype=np.float32)
+    for k in range(1, z):
+        d = pair_decision(fused_gray, gray[k]).astype(stack.dtype)
+        fused = d[..., np.newaxis] * fused + (1 - d[..., np.newaxis]) * stack[k]
+        fused_gray = d * fused_gray + (1 - d) * gray[k]
+        index = (d * index + (1 - d) * k).astype(np.float32)
+        if progress is not None:
+            progress(k, z - 1)
+    return fused, index
