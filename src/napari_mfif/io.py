@@ -49,9 +49,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         import tifffile
 
         try:
-            return tifffile.imread(path)
+            array = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many types for damaged files
             raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
+        if array is None or np.asarray(array).size == 0:
+            raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
+        return np.asarray(array)
     from PIL import Image, UnidentifiedImageError
 
     try:

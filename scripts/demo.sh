@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start 1: install napari-mfif, write the bundled sample stack, fuse it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+out=demo-output
+mkdir -p "$out"
+.venv/bin/napari-mfif sample -o "$out/sample_stack.tif" --overwrite
+.venv/bin/napari-mfif fuse "$out/sample_stack.tif" -o "$out/fused.tif" \
+    --height-map "$out/height_map.tif" --overwrite
+echo "To look at them in napari: bash scripts/setup.sh all && .venv/bin/napari $out/*.tif"

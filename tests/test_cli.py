@@ -1,0 +1,130 @@
+"""The command line, end to end on real files: round trips and one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import napari_mfif as mf
+from napari_mfif.cli import main
+from napari_mfif.synthetic import focal_stack
+
+
+def run_cli(*args, cwd=None):
+    """The installed console script, as a user runs it."""
+    exe = Path(sys.executable).parent / "napari-mfif"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def tiff_stack(tmp_path_factory):
+    s = focal_stack(n_slices=5, shape=(64, 80), dtype=np.uint16, seed=11)
+    path = tmp_path_factory.mktemp("in") / "stack.tif"
+    tifffile.imwrite(path, s.stack)
+    return path, s
+
+
+def test_tiff_round_trip_matches_the_api(tiff_stack, tmp_path):
+    path, s = tiff_stack
+    out, height = tmp_path / "fused.tif", tmp_path / "height.tif"
+    res = run_cli("fuse", path, "-o", out, "--height-map", height, "--method", "tenengrad",
+                  "--mode", "series", "--device", "cpu", "-p", "window=2")
+    assert res.returncode == 0, res.stderr
+    assert str(out) in res.stdout and str(height) in res.stdout
+    api = mf.fuse(s.stack, method="tenengrad", mode="series", device="cpu", window=2)
+    fused = tifffile.imread(out)
+    assert fused.dtype == np.uint16 and np.array_equal(fused, api.image)
+    assert np.array_equal(tifffile.imread(height), api.index_map)
+
+
+def test_list_of_png_files(tmp_path):
+    s = focal_stack(n_slices=3, shape=(40, 50), dtype=np.uint8, seed=12)
+    names = []
+    for k, sl in enumerate(s.stack):
+        names.append(tmp_path / f"plane_{k}.png")
+        Image.fromarray(sl).save(names[-1])
+    assert main(["fuse", *map(str, names), "-o", str(tmp_path / "fused.png"), "-q"]) == 0
+    fused = np.asarray(Image.open(tmp_path / "fused.png"))
+    assert np.array_equal(fused, mf.fuse(s.stack).image)
+
+
+def test_sample_then_fuse(tmp_path):
+    assert main(["sample", "-o", str(tmp_path / "sample.tif")]) == 0
+    stack = tifffile.imread(tmp_path / "sample.tif")
+    assert np.array_equal(stack, mf.sample_stack().stack)
+    assert main(["fuse", str(tmp_path / "sample.tif"), "-o", str(tmp_path / "f.tif"), "-q"]) == 0
+    assert tifffile.imread(tmp_path / "f.tif").dtype == np.uint16
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in mf.available_methods():
+        assert name in out
+
+
+def _bad_cases(tmp, stack_path):
+    single = tmp / "single.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(single)
+    a, b = tmp / "a.png", tmp / "b.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(a)
+    Image.fromarray(np.zeros((16, 20), np.uint8)).save(b)
+    text = tmp / "notes.txt"
+    text.write_text("not an image")
+    exists = tmp / "exists.tif"
+    exists.write_bytes(b"keep me")
+    return {
+        "single 2-D image": ([single], "single image"),
+        "different shapes": ([a, b], "same shape"),
+        "empty list": ([], "no input given"),
+        "non-image file": ([text, a], "not a TIFF"),
+        "missing file": ([tmp / "nope.tif"], "not found"),
+        "unknown method": ([stack_path, "--method", "magic"], "unknown method"),
+        "bad param": ([stack_path, "-p", "radius=3"], "no parameter 'radius'"),
+        "missing out dir": ([stack_path, "-o", tmp / "no" / "f.tif"], "does not exist"),
+        "existing output": ([stack_path, "-o", exists], "exists"),
+        "16-bit to png": ([stack_path, "-o", tmp / "f.png"], "8-bit images only"),
+        "output is input": ([stack_path, "-o", stack_path, "--overwrite"], "one of the inputs"),
+        "bad flag": ([stack_path, "--frobnicate"], "unrecognized arguments"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "single 2-D image", "different shapes", "empty list", "non-image file", "missing file",
+    "unknown method", "bad param", "missing out dir", "existing output", "16-bit to png",
+    "output is input", "bad flag",
+])
+def test_bad_input_gives_one_line_and_no_output(tiff_stack, tmp_path, case):
+    args, message = _bad_cases(tmp_path, tiff_stack[0])[case]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    args = [str(x) for x in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "fused.tif")]
+    res = run_cli("fuse", *args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("napari-mfif: error: "), res.stderr
+    assert message in lines[0]
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert after == before  # nothing written, nothing touched
+    assert (tmp_path / "exists.tif").read_bytes() == b"keep me"
+
+
+def test_overwrite_flag_replaces_output(tiff_stack, tmp_path):
+    out = tmp_path / "f.tif"
+    out.write_bytes(b"old")
+    assert main(["fuse", str(tiff_stack[0]), "-o", str(out), "--overwrite", "-q"]) == 0
+    assert tifffile.imread(out).shape == (64, 80)
+    assert os.listdir(tmp_path) == ["f.tif"]
+
+
+def test_module_entry_point_and_version():
+    res = subprocess.run([sys.executable, "-m", "napari_mfif", "--version"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"napari-mfif {mf.__version__}"

@@ -1,0 +1,160 @@
+"""fuse(): answers checked against synthetic stacks with known ground truth."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import napari_mfif as mf
+from napari_mfif import MfifError
+from napari_mfif.registry import _REGISTRY, Method
+from napari_mfif.synthetic import focal_stack
+
+from conftest import psnr
+
+METHODS = ["tenengrad", "variance"]
+MODES = ["nway", "series"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("mode", MODES)
+def test_dtype_in_is_dtype_out_without_rescaling(dtype, mode):
+    s = focal_stack(n_slices=4, shape=(48, 48), dtype=dtype, seed=5)
+    res = mf.fuse(s.stack, mode=mode)
+    assert res.image.dtype == dtype and res.image.shape == (48, 48)
+    assert res.index_map.dtype == np.float32 and res.index_map.shape == (48, 48)
+    # a weighted average of the slices never leaves their range (no rescaling)
+    assert s.stack.min() <= res.image.min() and res.image.max() <= s.stack.max()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_beats_every_slice_and_height_is_right(synth, method, mode):
+    res = mf.fuse(synth.stack, method=method, mode=mode)
+    data_range = 4095
+    fused_psnr = psnr(synth.sharp, res.image, data_range)
+    slice_psnr = [psnr(synth.sharp, sl, data_range) for sl in synth.stack]
+    assert fused_psnr > max(slice_psnr) + 6, (fused_psnr, slice_psnr)
+
+    # height within one slice of the truth on textured pixels (where focus is observable)
+    sharp = synth.sharp.astype(np.float32)
+    energy = ndi.gaussian_filter(ndi.sobel(sharp, 0) ** 2 + ndi.sobel(sharp, 1) ** 2, 2)
+    textured = energy > np.percentile(energy, 25)
+    err = np.abs(res.index_map - synth.depth)[textured]
+    assert np.mean(err <= 1.0) > 0.99, np.mean(err <= 1.0)
+    assert np.median(err) < 0.5
+
+
+def test_series_index_map_on_two_slices():
+    rng = np.random.default_rng(0)
+    sharp = rng.random((64, 64)).astype(np.float32)
+    blurred = ndi.gaussian_filter(sharp, 3)
+    left, right = np.hstack([sharp[:, :32], blurred[:, 32:]]), np.hstack([blurred[:, :32], sharp[:, 32:]])
+    res = mf.fuse([left, right], mode="series")
+    assert np.all(res.index_map[:, :24] < 0.05) and np.all(res.index_map[:, 40:] > 0.95)
+    assert np.allclose(res.image[:, :24], sharp[:, :24], atol=1e-4)
+    assert np.allclose(res.image[:, 40:], sharp[:, 40:], atol=1e-4)
+
+
+def test_colour_stack_uses_one_decision_for_all_channels(synth):
+    gray = synth.stack.astype(np.float32)
+    gains = np.array([0.5, 1.0, 2.0], np.float32)
+    rgb = gray[..., None] * gains
+    res = mf.fuse(rgb)
+    ref = mf.fuse(gray)
+    assert res.image.shape == gray.shape[1:] + (3,) and res.image.dtype == np.float32
+    np.testing.assert_allclose(res.image, ref.image[..., None] * gains, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(res.index_map, ref.index_map, atol=1e-5)
+
+
+def test_numpy_dask_and_list_inputs_agree_and_input_is_untouched(synth):
+    stack = synth.stack.copy()
+    a = mf.fuse(stack)
+    assert np.array_equal(stack, synth.stack)
+    b = mf.fuse(da.from_array(stack, chunks=(2, 50, 70)))
+    c = mf.fuse(list(stack))
+    for other in (b, c):
+        assert np.array_equal(a.image, other.image)
+        assert np.array_equal(a.index_map, other.index_map)
+
+
+def test_constant_stack_is_a_valid_result():
+    stack = np.full((3, 20, 20), 1234, np.uint16)
+    res = mf.fuse(stack)
+    assert np.all(res.image == 1234)
+    assert np.all((res.index_map >= 0) & (res.index_map <= 2))
+
+
+def test_params_change_the_result_and_are_reported(synth):
+    hard = mf.fuse(synth.stack, smooth=0)
+    soft = mf.fuse(synth.stack, smooth=4)
+    assert hard.params["smooth"] == 0 and soft.params["smooth"] == 4.0
+    # a hard choice gives whole slice numbers; a smoothed one blends at the seams
+    assert np.all(hard.index_map == np.round(hard.index_map))
+    assert np.any(soft.index_map != np.round(soft.index_map))
+
+
+def test_progress_is_reported_to_the_end(synth):
+    seen = []
+    mf.fuse(synth.stack, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_new_method_is_one_registry_entry(synth):
+    def first_slice(stack, gray, *, mode, device, progress, offset):
+        return stack[0] + offset, np.zeros(gray.shape[1:], np.float32)
+
+    mf.register_method(Method("first-slice", "the first slice", first_slice, {"offset": 0.0}))
+    try:
+        assert "first-slice" in mf.available_methods()
+        res = mf.fuse(synth.stack.astype(np.float32), method="first-slice", offset=1.0)
+        assert np.array_equal(res.image, synth.stack[0].astype(np.float32) + 1)
+        with pytest.raises(ValueError, match="already registered"):
+            mf.register_method(Method("first-slice", "again", first_slice))
+    finally:
+        _REGISTRY.pop("first-slice", None)
+
+
+BAD_INPUTS = [
+    (np.zeros((32, 32), np.uint8), "single 2-D image"),
+    ([np.zeros((8, 8)), np.zeros((8, 9))], "slice 1 has shape"),
+    ([np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint16)], "slice 1 has dtype"),
+    ([], "empty"),
+    ([np.zeros((8, 8))], "single image"),
+    (np.zeros((1, 8, 8)), "1 slice"),
+    (np.zeros((0, 8, 8)), "empty"),
+    (np.zeros((2, 0, 8)), "empty"),
+    (np.zeros((64, 64, 3), np.uint8), "single colour image"),
+    (np.zeros((2, 3, 4, 5, 6)), "(Z, Y, X)"),
+    (np.zeros((2, 8, 8, 40)), "channels last"),
+    (np.zeros((2, 8, 8), bool), "boolean"),
+    (np.zeros((2, 8, 8), np.complex64), "complex"),
+    (np.array([[[0, np.nan]], [[1, 2]]], np.float32), "NaN"),
+    (np.array([[[0, np.inf]], [[1, 2]]], np.float32), "NaN or infinite"),
+    ("not an array", "cannot fuse a str"),
+]
+
+
+@pytest.mark.parametrize("stack,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_clear_sentence(stack, message):
+    with pytest.raises(MfifError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        mf.fuse(stack)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"method": "nope"}, "unknown method 'nope'; choose one of: tenengrad"),
+        ({"mode": "sideways"}, "unknown mode"),
+        ({"device": "tpu"}, "unknown device"),
+        ({"device": "cuda"}, "runs on the CPU only"),
+        ({"window": "wide"}, "must be a number"),
+        ({"window": -1}, "must be >= 0"),
+        ({"radius": 3}, "has no parameter 'radius'"),
+    ],
+)
+def test_bad_arguments(synth, kwargs, message):
+    with pytest.raises(MfifError, match=message):
+        mf.fuse(synth.stack, **kwargs)

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from napari_mfif import MfifError
+from napari_mfif.synthetic import focal_stack, sample_stack
+
+from conftest import psnr
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_shapes_dtypes_and_depth_range(dtype):
+    s = focal_stack(n_slices=5, shape=(40, 60), dtype=dtype, seed=1)
+    assert s.stack.shape == (5, 40, 60) and s.stack.dtype == dtype
+    assert s.sharp.shape == (40, 60) and s.sharp.dtype == dtype
+    assert s.depth.dtype == np.float32
+    assert s.depth.min() == pytest.approx(0) and s.depth.max() == pytest.approx(4)
+
+
+def test_each_slice_is_sharp_where_the_depth_matches():
+    s = focal_stack(n_slices=5, shape=(96, 96), dtype=np.float32, seed=2)
+    for k in range(5):
+        near = np.abs(s.depth - k) < 0.1
+        far = np.abs(s.depth - k) > 1.5
+        assert near.sum() > 5 and far.sum() > 20
+        # where the depth is k the slice is the sharp image; far from it, it is not
+        assert np.abs(s.stack[k][near] - s.sharp[near]).mean() < 0.01
+        assert np.abs(s.stack[k][far] - s.sharp[far]).mean() > 0.03
+
+
+def test_blur_grows_with_distance_from_depth():
+    depth = np.full((64, 64), 0.0, np.float32)
+    s = focal_stack(depth=depth, sharp=np.random.default_rng(0).random((64, 64)),
+                    n_slices=4, dtype=np.float32)
+    contrast = [float(np.std(s.stack[k])) for k in range(4)]
+    assert contrast == sorted(contrast, reverse=True)
+
+
+def test_noise_is_added_to_slices_not_to_truth():
+    clean = focal_stack(n_slices=3, shape=(32, 32), dtype=np.float32, seed=4)
+    noisy = focal_stack(n_slices=3, shape=(32, 32), dtype=np.float32, noise=0.05, seed=4)
+    assert np.array_equal(clean.sharp, noisy.sharp)
+    assert 0.03 < np.std(noisy.stack - clean.stack) < 0.07
+
+
+def test_deterministic_and_bad_args():
+    a = focal_stack(n_slices=3, shape=(16, 16), seed=7).stack
+    b = focal_stack(n_slices=3, shape=(16, 16), seed=7).stack
+    assert np.array_equal(a, b)
+    with pytest.raises(MfifError):
+        focal_stack(n_slices=1)
+
+
+def test_sample_stack_is_small_uint16_with_ground_truth():
+    s = sample_stack()
+    assert s.stack.dtype == np.uint16 and s.stack.ndim == 3 and s.stack.shape[0] >= 5
+    assert s.stack.nbytes < 5e6
+    # no single slice is the answer
+    best = max(psnr(s.sharp, sl, 4095) for sl in s.stack)
+    assert best < 30
