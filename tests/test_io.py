@@ -13,7 +13,7 @@ from napari_mfif.io import read_image, read_stack, write_image
 
 def test_multipage_tiff_stack_round_trip(tmp_path):
     stack = np.random.default_rng(0).integers(0, 4096, (4, 20, 30), dtype=np.uint16)
-    tifffile.imwrite(tmp_path / "s.tif", stack)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     assert np.array_equal(read_stack(tmp_path / "s.tif"), stack)
 
 
@@ -76,6 +76,19 @@ def test_tiff_write_keeps_dtype_and_values(tmp_path, dtype):
     image = (np.random.default_rng(3).random((10, 12)) * 200).astype(dtype)
     write_image(tmp_path / "out.tif", image)
     assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), image)
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 2), (10, 12, 3), (10, 12, 5), (3, 10, 12), (4, 10, 12, 3)])
+def test_tiff_layouts_round_trip(tmp_path, shape):
+    image = np.random.default_rng(5).integers(0, 60000, shape, dtype=np.uint16)
+    write_image(tmp_path / "out.tif", image)
+    assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), image)
+
+
+def test_single_channel_is_written_as_grey(tmp_path):
+    image = np.arange(20, dtype=np.uint8).reshape(4, 5, 1)
+    write_image(tmp_path / "out.tif", image)
+    assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), image[..., 0])
 
 
 def test_png_and_jpeg_are_eight_bit_only(tmp_path):

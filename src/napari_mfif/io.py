@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ._errors import MfifError
-from .stack import as_stack
+from .stack import MAX_CHANNELS, as_stack
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -185,19 +185,27 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
 
 
 def _encode(target: str, image: np.ndarray, fmt: str, metadata: dict | None) -> None:
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if fmt == "TIFF":
         import tifffile
 
-        tifffile.imwrite(
-            target, image, photometric="rgb" if rgb else "minisblack",
-            metadata=metadata or {},
-        )
+        # Say how the axes are laid out: left alone, tifffile guesses from the shape and
+        # stores e.g. a (3, Y, X) stack as one planar RGB image.
+        if image.ndim == 2:
+            layout = {"photometric": "minisblack"}
+        elif rgb:
+            layout = {"photometric": "rgb", "planarconfig": "contig"}
+        elif image.ndim == 3 and image.shape[-1] <= MAX_CHANNELS:  # (Y, X, C): one page
+            layout = {"photometric": "minisblack", "planarconfig": "contig"}
+        else:  # (Z, Y, X) or (Z, Y, X, C): a stack, one page per slice
+            layout = {"photometric": "rgb" if image.shape[-1] in (3, 4) and image.ndim == 4
+                      else "minisblack"}
+        tifffile.imwrite(target, image, metadata=metadata or {}, **layout)
         return
     from PIL import Image
 
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and not rgb):
         raise MfifError(f"{fmt} takes gray or RGB(A) images, not shape {image.shape}")
     if fmt == "JPEG" and rgb and image.shape[-1] == 4:
