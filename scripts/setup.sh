@@ -22,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check)
-"${pip[@]}" "setuptools>=68" wheel
+"${pip[@]}" "setuptools>=77" wheel
 # torch first, pinned to the CPU build: unpinned, pip would fetch several GB of CUDA packages.
 "${pip[@]}" "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 "${pip[@]}" -e ".${extra:+[$extra]}"
