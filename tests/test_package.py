@@ -33,6 +33,12 @@ def test_classic_fusion_does_not_load_torch_qt_or_napari():
     assert _modules_after(code) == set()
 
 
+def test_listing_methods_does_not_load_torch():
+    # the widget lists the methods; the CNN method must not pull torch in to be listed
+    code = "import napari_mfif as mf\nassert 'cnn' in mf.available_methods()"
+    assert _modules_after(code) == set()
+
+
 def test_public_names_resolve_lazily():
     import napari_mfif as mf
 

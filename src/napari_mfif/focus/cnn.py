@@ -1,0 +1,216 @@
+"""The focus CNN of Liu et al. (2017): a siamese network on 16 x 16 patches.
+
+Each branch (shared weights) is three 3x3 convolutions (stride 1, zero "same" padding, ReLU)
+with one 2x2 max-pool before the third, giving an 8 x 8 block of features per 16 x 16 patch.
+Two heads sit on those blocks:
+
+- the **pair head** of the paper: the two branches' blocks concatenated, a fully connected
+  layer (256 in the paper) with ReLU, and a 2-way softmax giving P(first patch is in focus).
+  Used for two images and for the papers' series mode;
+- a **slice-score head**: the same kind of layer on one branch's block, giving a scalar focus
+  score per patch; P(first in focus) = sigmoid(s_first - s_second). Trained jointly with the
+  pair head. It scores every slice of a stack once (O(Z) passes), so all slices can be
+  compared at once (N-way) and the height map follows.
+
+At inference the fully connected layers run as convolutions (8 x 8, then 1 x 1), so one pass
+over a whole image gives a dense score map with patch stride 2, of size
+(ceil(H/2) - 8 + 1) x (ceil(W/2) - 8 + 1), as in the paper.
+
+**Patch context.** With zero padding, a conv net scoring an isolated 16 x 16 patch sees zeros
+around it, while a whole-image pass sees the neighbouring pixels: the two disagree near patch
+borders. Here a patch is always seen with a 4-pixel margin of real image (its receptive field),
+in training and at inference, and the image border is mirrored; the dense map then equals
+scoring each patch on its own exactly (``tests/test_cnn.py``). The convolution and
+fully-connected shapes, and so the parameter counts, are the paper's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._errors import MfifError
+
+PATCH = 16
+STRIDE = 2
+MARGIN = 4  # receptive-field margin around a patch (pixels), see the module docstring
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    channels: tuple[int, int, int]
+    fc: int
+    description: str
+
+
+ARCHS = {
+    "liu2017": Arch("liu2017", (64, 128, 256), 256,
+                    "the paper's size: 64/128/256 filters, FC 256 (8.8 M parameters in the "
+                    "pair network)"),
+    "compact": Arch("compact", (16, 32, 32), 64,
+                    "16/32/32 filters, FC 64: about 60x fewer operations per pixel"),
+}
+
+
+class FocusNet(nn.Module):
+    """Siamese focus network with a pair head (the paper's) and a slice-score head."""
+
+    def __init__(self, channels=(64, 128, 256), fc: int = 256):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.channels, self.fc = tuple(channels), fc
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        block = PATCH // 2
+        self.pair_fc = nn.Conv2d(2 * c3, fc, block)   # = Linear(2 * c3 * 8 * 8, fc)
+        self.pair_out = nn.Conv2d(fc, 2, 1)           # = Linear(fc, 2)
+        self.score_fc = nn.Conv2d(c3, fc, block)
+        self.score_out = nn.Conv2d(fc, 1, 1)
+
+    # -- features -------------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Branch features for images (N, 1, H, W) that carry a MARGIN-pixel border of
+        context: (N, c3, (H - 2*MARGIN)/2, (W - 2*MARGIN)/2)."""
+        f = self.trunk(x)
+        m = MARGIN // 2
+        return f[..., m:f.shape[-2] - m, m:f.shape[-1] - m]
+
+    # -- heads on feature maps (dense: one value per 8x8 block position) -------------
+    def pair_logits(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        return self.pair_out(F.relu(self.pair_fc(torch.cat([fa, fb], dim=1))))
+
+    def slice_scores(self, f: torch.Tensor) -> torch.Tensor:
+        return self.score_out(F.relu(self.score_fc(f)))[:, 0]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        """Training forward on patch pairs with context, (N, 1, 24, 24) each: returns the
+        pair head's 2 logits (N, 2) and the two slice scores (N,), (N,)."""
+        fa, fb = self.features(a), self.features(b)
+        logits = self.pair_logits(fa, fb)[..., 0, 0]
+        return logits, self.slice_scores(fa)[..., 0, 0], self.slice_scores(fb)[..., 0, 0]
+
+
+def count_parameters(net: nn.Module, heads: str = "pair") -> int:
+    """Parameters of the trunk plus the named heads ('pair', 'score' or 'all')."""
+    names = {"pair": ("trunk", "pair_fc", "pair_out"), "score": ("trunk", "score_fc", "score_out"),
+             "all": ("trunk", "pair_fc", "pair_out", "score_fc", "score_out")}[heads]
+    return sum(p.numel() for n, p in net.named_parameters() if n.split(".")[0] in names)
+
+
+# -- dense inference ------------------------------------------------------------------
+
+def pad_for_dense(gray: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) -> mirrored to even size, plus the MARGIN border of context."""
+    h, w = gray.shape[-2:]
+    x = gray
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    return F.pad(x, (MARGIN,) * 4, mode="reflect" if min(h, w) > MARGIN else "replicate")
+
+
+def score_map_shape(h: int, w: int) -> tuple[int, int]:
+    """The dense score map's size for an H x W image: ceil(H/2)-8+1 by ceil(W/2)-8+1."""
+    block = PATCH // 2
+    return math.ceil(h / 2) - block + 1, math.ceil(w / 2) - block + 1
+
+
+class DenseScorer:
+    """Runs a FocusNet over whole images on one device, without gradients."""
+
+    def __init__(self, net: FocusNet, device: str = "cpu"):
+        self.net = net.to(device).eval()
+        self.device = torch.device(device)
+
+    def _to_tensor(self, gray: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(gray, dtype=np.float32), device=self.device)
+        return t.reshape((-1, 1) + t.shape[-2:])
+
+    @torch.inference_mode()
+    def features(self, gray: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Dense branch features of one image (H, W) or a batch (N, H, W)."""
+        t = gray if isinstance(gray, torch.Tensor) else self._to_tensor(gray)
+        t = t.reshape((-1, 1) + t.shape[-2:])
+        return self.net.features(pad_for_dense(t))
+
+    @torch.inference_mode()
+    def pair_probability(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """P(first image in focus) per patch position, from two feature maps."""
+        return torch.softmax(self.net.pair_logits(fa, fb), dim=1)[:, 0]
+
+    @torch.inference_mode()
+    def slice_scores(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net.slice_scores(f)
+
+
+# -- weights ----------------------------------------------------------------------
+
+def builtin_weights(arch: str) -> Path:
+    return WEIGHTS_DIR / f"{arch}.pt"
+
+
+def save_weights(net: FocusNet, path: str | Path, arch: str, meta: dict) -> None:
+    """Save a state dict with its architecture and training record (loadable with
+    ``torch.load(weights_only=True)``)."""
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()}
+    meta = json.loads(json.dumps(meta, default=str))  # plain types only: weights_only loading
+    torch.save({"format": "napari-mfif-focusnet-1", "arch": arch, "channels": list(net.channels),
+                "fc": net.fc, "state_dict": state, "meta": meta}, path)
+
+
+def read_weights(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MfifError(f"weights file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MfifError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or blob.get("format") != "napari-mfif-focusnet-1":
+        raise MfifError(f"{path} is not a napari-mfif focus network weights file")
+    return blob
+
+
+@lru_cache(maxsize=8)
+def _cached_net(path: str, mtime: float, device: str) -> FocusNet:
+    blob = read_weights(path)
+    net = FocusNet(tuple(blob["channels"]), int(blob["fc"]))
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise MfifError(f"weights in {path} do not fit the network: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return net.to(device).eval()
+
+
+def load_net(weights: str | Path | None, arch: str, device: str) -> tuple[FocusNet, dict]:
+    """The network for ``weights`` (a file) or the shipped weights of ``arch``; cached per
+    file and device. Returns the net and the file's training record."""
+    if weights in (None, ""):
+        if arch not in ARCHS:
+            raise MfifError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
+        path = builtin_weights(arch)
+        if not path.is_file():
+            raise MfifError(f"no trained weights ship for architecture {arch!r}; train them with "
+                            f"'python -m napari_mfif.train --arch {arch}' and pass weights=FILE")
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise MfifError(f"weights file not found: {path}")
+    path = path.resolve()
+    net = _cached_net(str(path), path.stat().st_mtime, device)
+    return net, read_weights(path).get("meta", {})

@@ -1,0 +1,1 @@
+"""Fusion rules: decision maps, guided filter, blending."""
