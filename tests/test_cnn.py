@@ -183,3 +183,29 @@ def test_training_pairs_are_labelled_by_sharpness():
     a_sharper = np.array([energy(pa) > energy(pb) for pa, pb in zip(a, b)])
     assert np.array_equal(a_sharper, y > 0.5)
     assert 0.3 < y.mean() < 0.7
+
+
+def test_nway_rule_is_checked(synth):
+    with pytest.raises(MfifError, match="nway_rule must be"):
+        mf.fuse(synth.stack, method="cnn", nway_rule="maybe")
+
+
+def test_soft_nway_averages_equally_sharp_slices_and_their_noise():
+    # left: texture in focus in slice 0 only; right: a flat area, the same in every slice
+    # but for independent noise. Soft weights average the slices there; a hard choice cannot.
+    rng = np.random.default_rng(4)
+    z, h, w = 5, 96, 128
+    texture = ndi.gaussian_filter(rng.random((h, w)), 1.0)
+    texture = (texture - texture.mean()) / texture.std() * 0.15 + 0.5
+    clean = np.empty((z, h, w), np.float32)
+    for k in range(z):
+        clean[k] = ndi.gaussian_filter(texture, 2.0 * k) if k else texture
+    clean[:, :, 64:] = 0.5
+    noisy = clean + rng.normal(0, 0.03, clean.shape).astype(np.float32)
+    soft = mf.fuse(noisy, method="cnn", nway_rule="soft")
+    hard = mf.fuse(noisy, method="cnn", nway_rule="hard")
+    flat = np.s_[:, 88:]
+    assert np.std(soft.image[flat]) < 0.7 * np.std(hard.image[flat])
+    assert np.std(soft.image[flat]) < 0.7 * 0.03
+    # the textured part still comes from the sharp slice
+    assert np.mean(soft.index_map[:, :40] < 0.5) > 0.95

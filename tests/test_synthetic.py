@@ -57,3 +57,24 @@ def test_sample_stack_is_small_uint16_with_ground_truth():
     # no single slice is the answer
     best = max(psnr(s.sharp, sl, 4095) for sl in s.stack)
     assert best < 30
+
+
+def test_fluorescence_scene_is_sparse_on_a_dark_background():
+    from napari_mfif.synthetic import fluorescence_image
+
+    img = fluorescence_image((128, 128), seed=1)
+    assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    background = np.median(img)
+    assert background < 0.1                      # mostly dark
+    assert np.mean(img > background + 0.2) < 0.2  # sparse bright structure
+    assert img.max() > 0.8
+
+
+def test_poisson_noise_scales_with_photons():
+    flat = np.full((64, 64), 0.5, np.float32)
+    depth = np.zeros((64, 64), np.float32)
+    dim = focal_stack(flat, depth, n_slices=2, photons=50, dtype=np.float32, seed=2)
+    bright = focal_stack(flat, depth, n_slices=2, photons=5000, dtype=np.float32, seed=2)
+    # shot noise std = sqrt(0.5 * photons) / photons
+    assert np.std(dim.stack[0]) == pytest.approx(np.sqrt(0.5 * 50) / 50, rel=0.15)
+    assert np.std(bright.stack[0]) == pytest.approx(np.sqrt(0.5 * 5000) / 5000, rel=0.15)

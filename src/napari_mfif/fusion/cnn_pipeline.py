@@ -7,11 +7,20 @@ at ``threshold`` -> small-region removal (regions smaller than ``min_region * H 
 grayscale image) -> F = D*A + (1-D)*B. In series mode the running result is fused with the
 next slice, and so on.
 
-``nway`` mode scores every slice once with the slice-score head (O(Z) network passes), spreads
-the scores over their patches, gives each pixel to the best-scoring slice, removes regions
-smaller than the same area (reassigned to the surrounding slice), smooths each slice's weight
-map with the same guided filter and normalises the weights to sum to one. The height map is
-the weighted slice index.
+``nway`` mode scores every slice once with the slice-score head (O(Z) network passes) and
+spreads the scores over their patches. The head is trained so that a score difference is the
+log-odds that one slice is sharper than the other, and that equally sharp patches score
+equally. Two rules turn the scores into weights (``nway_rule``):
+
+- ``soft`` (default): the softmax of the scores across slices, i.e. each slice weighted by the
+  probability that it is the sharpest. Where several slices are equally sharp (flat or
+  featureless areas, a surface between two slices) they are averaged, which also averages
+  their noise away: a noise floor learned by the network rather than set by hand.
+- ``hard``: each pixel goes to the best-scoring slice; regions smaller than the small-region
+  area are reassigned to the surrounding slice.
+
+Either way each slice's weight map is smoothed with the same guided filter and the weights are
+normalised to sum to one. The height map is the weighted slice index.
 
 Intensities are scaled to [0, 1] with one pair of percentiles (0.1, 99.9) for the whole stack
 before scoring, so 8-, 12- and 16-bit data look alike to the network and ``gf_eps`` means what
@@ -22,8 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._errors import MfifError
 from ..registry import Method, register_method
-from ..stack import blend, index_from_weights
+from ..stack import blend, fuse_series, index_from_weights
 
 DEFAULTS = {
     "arch": "compact",
@@ -32,6 +42,7 @@ DEFAULTS = {
     "min_region": 0.01,
     "gf_radius": 8,
     "gf_eps": 0.1,
+    "nway_rule": "soft",
 }
 HELP = {
     "arch": "network architecture whose shipped weights are used: compact or liu2017",
@@ -40,6 +51,7 @@ HELP = {
     "min_region": "regions smaller than this fraction of H*W are flipped (paper: 0.01; 0 = off)",
     "gf_radius": "guided-filter radius in pixels (paper: 8)",
     "gf_eps": "guided-filter regularisation for [0, 1] images (paper: 0.1)",
+    "nway_rule": "nway weights: soft (probability of being the sharpest) or hard (argmax)",
 }
 
 
@@ -53,7 +65,7 @@ def normalise(gray: np.ndarray) -> np.ndarray:
 
 
 def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_region,
-        gf_radius, gf_eps):
+        gf_radius, gf_eps, nway_rule):
     import torch
 
     from ..focus.cnn import DenseScorer, load_net
@@ -61,6 +73,8 @@ def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_re
                            remove_small_regions_labels)
     from .guided_filter import guided_filter
 
+    if nway_rule not in ("soft", "hard"):
+        raise MfifError(f"nway_rule must be 'soft' or 'hard', got {nway_rule!r}")
     net, _ = load_net(weights or None, arch, device)
     scorer = DenseScorer(net, device)
     dev = scorer.device
@@ -74,23 +88,16 @@ def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_re
 
     with torch.inference_mode():
         if mode == "series":
-            fused = stack[0].copy()
-            fused_g = g[0].copy()
-            index = np.zeros((h, w), np.float32)
-            for k in range(1, z):
-                fa, fb = scorer.features(fused_g), scorer.features(g[k])
-                prob = scorer.pair_probability(fa, fb)[0]
+            def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                """The papers' steps for one pair: D = 1 where A is in focus."""
+                prob = scorer.pair_probability(scorer.features(a), scorer.features(b))[0]
                 focus = patch_focus_map(prob, (h, w)).cpu().numpy()
                 binary = remove_small_regions(focus > threshold, area)
-                initial = np.where(binary, fused_g, g[k])
+                initial = np.where(binary, a, b)  # the initial fused image is the guide
                 d = guided_filter(to_t(initial), to_t(binary.astype(np.float32)), radius, gf_eps)
-                d = d.clamp_(0, 1).cpu().numpy().astype(stack.dtype)
-                fused = d[..., None] * fused + (1 - d[..., None]) * stack[k]
-                fused_g = d * fused_g + (1 - d) * g[k]
-                index = (d * index + (1 - d) * k).astype(np.float32)
-                if progress is not None:
-                    progress(k, z - 1)
-            return fused, index
+                return d.clamp_(0, 1).cpu().numpy()
+
+            return fuse_series(stack, g, pair_decision, progress)
 
         # N-way: one pass per slice with the slice-score head
         scores = np.empty((z, h, w), np.float32)
@@ -99,11 +106,13 @@ def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_re
             scores[k] = patch_focus_map(s, (h, w))[0].cpu().numpy()
             if progress is not None:
                 progress(k + 1, z + 1)
-        labels = np.argmax(scores, axis=0)
-        labels = remove_small_regions_labels(labels, area)
-        initial = np.take_along_axis(g, labels[None], axis=0)[0]
-        onehot = (labels[None] == np.arange(z)[:, None, None]).astype(np.float32)
-        weights_t = guided_filter(to_t(initial), to_t(onehot), radius, gf_eps).clamp_(min=0)
+        if nway_rule == "soft":
+            initial_w = torch.softmax(to_t(scores), dim=0)
+        else:
+            labels = remove_small_regions_labels(np.argmax(scores, axis=0), area)
+            initial_w = to_t((labels[None] == np.arange(z)[:, None, None]).astype(np.float32))
+        initial = (initial_w * to_t(g)).sum(dim=0)  # the initial fused image is the guide
+        weights_t = guided_filter(initial, initial_w, radius, gf_eps).clamp_(min=0)
         weights_t /= weights_t.sum(dim=0, keepdim=True).clamp_(min=1e-6)
         wts = weights_t.cpu().numpy().astype(stack.dtype)
     fused, index = blend(stack, wts), index_from_weights(wts)
