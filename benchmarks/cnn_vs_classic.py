@@ -14,26 +14,23 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
 import napari_mfif as mf
+from _common import DATA, DOCS, PSNR_CAP, psnr_capped, run
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "benchmarks" / "cnn_vs_classic.md"
-VOC = ROOT.parent / "shared" / "data" / "mf_voc_synthetic_gt_subset"
+OUT = DOCS / "cnn_vs_classic.md"
+VOC = DATA / "mf_voc_synthetic_gt_subset"
+LYTRO = DATA / "lytro_liu2020_benchmark"
+PUBLISHED = ("cnn", "srcf", "gfdf")  # rows of the survey's table printed beside ours
 RUNS = [("tenengrad", "nway"), ("variance", "nway"), ("cnn", "nway"), ("cnn", "nway-hard"),
         ("cnn", "series")]
 
 
-def run(stack, method, mode):
-    """fuse() for one benchmark column; 'nway-hard' is the CNN's N-way with the hard rule."""
-    if mode == "nway-hard":
-        return mf.fuse(stack, method=method, mode="nway", device="cpu", nway_rule="hard")
-    return mf.fuse(stack, method=method, mode=mode, device="cpu")
+
 # (scene, slices, Gaussian read noise as a fraction of the range, photons at intensity 1)
 SYNTH_CASES = [
     ("cells", 2, 0.0, None), ("cells", 5, 0.0, None), ("cells", 10, 0.0, None),
@@ -46,7 +43,7 @@ SYNTH_CASES = [
 def quality(truth, image, data_range):
     truth = truth.astype(np.float64)
     image = image.astype(np.float64)
-    psnr = peak_signal_noise_ratio(truth, image, data_range=data_range)
+    psnr = psnr_capped(truth, image, data_range)
     ssim = structural_similarity(truth, image, data_range=data_range,
                                  channel_axis=-1 if truth.ndim == 3 else None)
     return psnr, ssim
@@ -84,6 +81,28 @@ def voc(limit):
             r = run([a, b], method, mode)
             res[(method, mode)].append(quality(gt, r.image, 255))
     return len(names), {k: np.mean(v, axis=0) for k, v in res.items()}
+
+
+def lytro():
+    """Q_G (Q_AB/F), Q_MI, Q_Y, Q_CB on the survey's 20 Lytro pairs, beside its table."""
+    import csv
+
+    import tifffile
+
+    from napari_mfif import metrics
+
+    pairs = sorted(p.name[:4] for p in (LYTRO / "sources").glob("c_*_1.tif"))
+    res = {r: [] for r in RUNS}
+    for pair in pairs:
+        a = tifffile.imread(LYTRO / "sources" / f"{pair}_1.tif")
+        b = tifffile.imread(LYTRO / "sources" / f"{pair}_2.tif")
+        for method, mode in RUNS:
+            f = run([a, b], method, mode).image
+            res[(method, mode)].append([metrics.qabf(a, b, f), metrics.nmi(a, b, f),
+                                        metrics.q_y(a, b, f), metrics.q_cb(a, b, f)])
+    with open(LYTRO / "mean_metrics.csv") as fh:
+        published = {row["method"].lower(): row for row in csv.DictReader(fh)}
+    return len(pairs), {k: np.mean(v, axis=0) for k, v in res.items()}, published
 
 
 def speed(shape=(1024, 1024), z=10, repeats=2):
@@ -138,12 +157,29 @@ def main():
         n, res = voc(40 if args.quick else 1000)
         lines += ["", "## MF-VOC pairs with ground truth", "",
                   f"{n} pairs of `../shared/data/mf_voc_synthetic_gt_subset` (224 x 224 RGB; two "
-                  "images, so series = the papers' pair pipeline). PSNR over RGB, SSIM over RGB.", "",
+                  "images, so series = the papers' pair pipeline). PSNR over RGB (capped at "
+                  f"{PSNR_CAP:g} dB per image), SSIM over RGB.", "",
                   "| method | mode | PSNR | SSIM |", "|---|---|---|---|"]
         for (m, mo), (ps, ss) in res.items():
             lines.append(f"| {m} | {mo} | {ps:.2f} | {ss:.4f} |")
     else:
         lines += ["", f"MF-VOC: skipped, {VOC} is absent."]
+    if (LYTRO / "sources").is_dir():
+        n, res, published = lytro()
+        lines += ["", "## Lytro pairs (no ground truth)", "",
+                  f"The survey's {n} Lytro pairs (`lytro_liu2020_benchmark/sources`), metrics "
+                  "computed as the survey's code does (`napari_mfif.metrics`, which reproduces its "
+                  "published per-image values). Published rows from its `mean_metrics.csv`.", "",
+                  "| method | Q_G (Q_AB/F) | Q_MI | Q_Y | Q_CB |", "|---|---|---|---|---|"]
+        for (m, mo), v in res.items():
+            lines.append(f"| ours: {m} {mo} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.4f} | {v[3]:.4f} |")
+        for key in PUBLISHED:
+            if key in published:
+                row = published[key]
+                lines.append(f"| published: {key} | {float(row['Q_G']):.4f} | {float(row['Q_MI']):.4f} "
+                             f"| {float(row['Q_Y']):.4f} | {float(row['Q_CB']):.4f} |")
+    else:
+        lines += ["", f"Lytro: skipped, {LYTRO} is absent."]
     shape, sp = speed()
     lines += ["", "## Speed on this CPU", "",
               f"A {shape[0]}-slice {shape[1]} x {shape[2]} uint16 stack, best of 2 runs, whole "

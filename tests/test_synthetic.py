@@ -78,3 +78,25 @@ def test_poisson_noise_scales_with_photons():
     # shot noise std = sqrt(0.5 * photons) / photons
     assert np.std(dim.stack[0]) == pytest.approx(np.sqrt(0.5 * 50) / 50, rel=0.15)
     assert np.std(bright.stack[0]) == pytest.approx(np.sqrt(0.5 * 5000) / 5000, rel=0.15)
+
+
+def test_step_depth_is_piecewise_whole_slices():
+    from napari_mfif.synthetic import step_depth
+
+    d = step_depth((64, 80), 7, seed=3)
+    assert d.dtype == np.float32 and set(np.unique(d)) <= set(range(7))
+    assert d.min() == 0 and d.max() == 6
+    # piecewise constant: most pixels equal their right neighbour, a few steps exist
+    same = np.mean(d[:, 1:] == d[:, :-1])
+    assert 0.9 < same < 1.0
+
+
+def test_haze_adds_out_of_focus_glow_not_in_truth():
+    sharp = np.zeros((64, 64), np.float32)
+    sharp[28:36, 28:36] = 1.0
+    depth = np.zeros((64, 64), np.float32)
+    clean = focal_stack(sharp, depth, n_slices=2, dtype=np.float32)
+    hazy = focal_stack(sharp, depth, n_slices=2, haze=0.5, dtype=np.float32)
+    assert np.array_equal(clean.sharp, hazy.sharp)
+    extra = hazy.stack[0] - clean.stack[0]
+    assert extra.min() >= 0 and extra[32, 32] > extra[2, 2] > 0  # a smooth glow

@@ -125,6 +125,19 @@ def smooth_depth(shape, n_slices: int, *, seed: int = 0) -> np.ndarray:
     return (surface * (n_slices - 1)).astype(np.float32)
 
 
+def step_depth(shape, n_slices: int, *, n_regions: int = 6, seed: int = 0) -> np.ndarray:
+    """A piecewise-constant depth map: a few regions (Voronoi cells) each at one whole slice,
+    with sharp steps between them, as for objects at different heights."""
+    rng = np.random.default_rng(seed + 3)
+    h, w = shape
+    centres = rng.uniform(0, 1, size=(n_regions, 2)) * [h, w]
+    levels = rng.integers(0, n_slices, size=n_regions)
+    levels[:2] = (0, n_slices - 1)  # span the whole stack
+    yy, xx = np.mgrid[0:h, 0:w]
+    d2 = (yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2
+    return levels[np.argmin(d2, axis=-1)].astype(np.float32)
+
+
 _RANGES = {
     np.dtype(np.uint8): (16.0, 240.0),
     np.dtype(np.uint16): (400.0, 3800.0),   # 12-bit camera data in a 16-bit container
@@ -140,6 +153,7 @@ def focal_stack(
     blur_per_slice: float = 1.5,
     noise: float = 0.0,
     photons: float | None = None,
+    haze: float = 0.0,
     dtype=np.uint16,
     seed: int = 0,
 ) -> SyntheticStack:
@@ -163,6 +177,10 @@ def focal_stack(
     photons : float, optional
         Poisson (shot) noise: the expected photon count at intensity 1 (e.g. 200 for a dim
         fluorescence image); applied before the Gaussian (read) noise.
+    haze : float
+        Out-of-focus light, as in widefield fluorescence: each slice also receives this
+        fraction of the scene blurred far out of focus (Gaussian sigma 12 px), a smooth glow
+        over the objects that is not in the ground truth.
     dtype : uint8, uint16 or float32
         Output dtype. uint8 spans 16..240, uint16 spans 400..3800 (12-bit data), floats
         span 0..1.
@@ -190,6 +208,7 @@ def focal_stack(
     rng = np.random.default_rng(seed + 2)
     lo, hi = _RANGES.get(dtype, (0.0, 1.0))
     slices = []
+    glow = haze * ndi.gaussian_filter(sharp, 12.0, mode="reflect") if haze > 0 else 0.0
     for k in range(n_slices):
         sigma = blur_per_slice * np.abs(k - depth)
         pos = np.clip(sigma / step, 0, len(levels) - 1.000001)
@@ -199,6 +218,7 @@ def focal_stack(
         for i in np.unique(i0):
             m = i0 == i
             out[m] = (1 - frac[m]) * ladder[i][m] + frac[m] * ladder[i + 1][m]
+        out = out + glow
         if photons:
             out = (rng.poisson(np.clip(out, 0, None) * photons) / photons).astype(np.float32)
         if noise > 0:

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmark scripts: data locations, the runs to compare, timing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+import napari_mfif as mf
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DOCS = ROOT / "docs" / "benchmarks"
+
+
+def registry_runs(extra_cnn_hard: bool = True) -> list[tuple[str, str]]:
+    """(method, mode) for every registered method in both modes; the CNN's N-way also with
+    the hard rule ('nway-hard')."""
+    runs = []
+    for name, spec in mf.available_methods().items():
+        for mode in spec.modes:
+            runs.append((name, mode))
+            if extra_cnn_hard and name == "cnn" and mode == "nway":
+                runs.append((name, "nway-hard"))
+    return runs
+
+
+def run(stack, method: str, mode: str):
+    """``mf.fuse`` for one benchmark column, on the CPU; naive baselines for method
+    'mean' (average projection) and 'max' (maximum-intensity projection)."""
+    if method in ("mean", "max"):
+        array = np.asarray(stack if not isinstance(stack, list) else np.stack(stack))
+        proj = array.astype(np.float64).mean(0) if method == "mean" else array.max(0)
+        return mf.FusionResult(image=proj.astype(array.dtype) if method == "max" else
+                               np.rint(proj).astype(array.dtype) if array.dtype.kind in "iu"
+                               else proj.astype(array.dtype),
+                               index_map=np.zeros(array.shape[1:3], np.float32),
+                               method=method, mode="", device="cpu")
+    if mode == "nway-hard":
+        return mf.fuse(stack, method=method, mode="nway", device="cpu", nway_rule="hard")
+    return mf.fuse(stack, method=method, mode=mode, device="cpu")
+
+
+class Timer:
+    """Accumulates seconds and input megapixels (slices x height x width) per run."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+        self.mpix: dict = {}
+
+    def fuse(self, key, stack, method, mode):
+        t0 = time.perf_counter()
+        res = run(stack, method, mode)
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+        n = len(stack) if isinstance(stack, list) else stack.shape[0]
+        h, w = res.image.shape[:2]
+        self.mpix[key] = self.mpix.get(key, 0.0) + n * h * w / 1e6
+        return res
+
+    def per_mpix(self, key) -> float:
+        return self.seconds[key] / self.mpix[key]
+
+
+def label(method: str, mode: str) -> str:
+    return f"{method} {mode}".strip()
+
+
+#: per-image PSNR cap (dB) before averaging: a fused image identical to a JPEG ground truth
+#: would otherwise count as infinite and swamp the mean
+PSNR_CAP = 60.0
+
+
+def psnr_capped(reference, image, data_range) -> float:
+    from napari_mfif import metrics
+
+    return min(metrics.psnr(reference, image, data_range), PSNR_CAP)

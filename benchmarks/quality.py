@@ -1,0 +1,316 @@
+"""Quality and speed of every registered method and naive baselines, in one command.
+
+    .venv/bin/python benchmarks/quality.py [--quick]
+
+Writes docs/benchmarks/quality.md and pictures under docs/benchmarks/img/. Sections:
+
+- ground truth: synthetic microscopy stacks (brightfield-like textured cells, fluorescence-like
+  sparse objects with haze and Poisson noise; smooth and step depth maps; 2 to 30 slices) and
+  the MF-VOC pairs: PSNR, SSIM, height-map error;
+- no ground truth, the field's metrics as the MFIF survey computes them (Q_G = Q_AB/F, Q_MI,
+  Q_Y, Q_CB; for more than two sources, the mean over all source pairs): the survey's 20
+  Lytro pairs beside its published table, the Lytro triples, MFIFB (incl. MFFW), the
+  grayscale classics;
+- real microscopy stacks (blood smear, algae, EDF skeleton, PCB macro): pictures of the fused
+  images and height maps, and time;
+- seconds per input megapixel (slices x height x width) for every method over all of it.
+
+Data under ../shared/data that is absent is skipped, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import napari_mfif as mf
+from napari_mfif import metrics
+from napari_mfif.io import read_image
+from napari_mfif.synthetic import cells_image, fluorescence_image, smooth_depth, step_depth
+from _common import DATA, DOCS, PSNR_CAP, Timer, label, psnr_capped, registry_runs
+
+BASELINES = [("mean", ""), ("max", "")]
+IMG = DOCS / "img"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def bold_best(values, higher=True):
+    """Format numbers, the best one in bold."""
+    best = (max if higher else min)(v for v in values if v == v)
+    return [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
+
+
+# -- ground truth ---------------------------------------------------------------------
+
+SYNTH = [  # scene, depth, slices, read noise, photons, haze
+    ("cells", "smooth", 2, 0.0, None, 0.0),
+    ("cells", "smooth", 10, 0.0, None, 0.0),
+    ("cells", "step", 5, 0.01, None, 0.0),
+    ("cells", "smooth", 20, 0.02, None, 0.0),
+    ("fluorescence", "smooth", 10, 0.005, 100, 0.3),
+    ("fluorescence", "step", 5, 0.005, 200, 0.3),
+    ("fluorescence", "smooth", 30, 0.005, 50, 0.3),
+]
+
+
+def synthetic(runs, timer, seeds):
+    lines = ["## Ground truth: synthetic microscopy stacks", "",
+             f"256 x 256 uint16, mean over seeds {seeds}. `cells`: textured cells everywhere "
+             "(brightfield-like); `fluorescence`: sparse nuclei and filaments on a dark "
+             "background with out-of-focus haze (30 % of the scene blurred by 12 px) and "
+             "Poisson noise (photons at full scale). Depth `smooth` (a tilted surface with "
+             "bumps) or `step` (regions at whole slices). Blur 1.5 px sigma per slice for up to "
+             "5 slices, 1.0 beyond. PSNR (dB) / SSIM against the sharp image; the oracle is the "
+             "best single slice chosen with the ground truth. Height error: mean |index - depth| "
+             "in slices.", ""]
+    cols = runs + BASELINES
+    psnr_rows, height_rows = [], []
+    for scene, depth_kind, z, noise, photons, haze in SYNTH:
+        q = {c: [] for c in cols}
+        herr = {c: [] for c in runs}
+        oracle = []
+        for seed in seeds:
+            shape = (256, 256)
+            sharp = (cells_image if scene == "cells" else fluorescence_image)(shape, seed=seed)
+            depth = (smooth_depth if depth_kind == "smooth" else step_depth)(shape, z, seed=seed)
+            s = mf.focal_stack(sharp, depth, n_slices=z, blur_per_slice=1.5 if z <= 5 else 1.0,
+                               noise=noise, photons=photons, haze=haze, dtype=np.uint16,
+                               seed=seed)
+            oracle.append(max(metrics.psnr(s.sharp, sl, 4095) for sl in s.stack))
+            for c in cols:
+                r = timer.fuse(c, s.stack, *c)
+                q[c].append((metrics.psnr(s.sharp, r.image, 4095),
+                             metrics.ssim(s.sharp, r.image, 4095)))
+                if c in herr:
+                    herr[c].append(metrics.height_error(r.index_map, s.depth))
+        name = f"{scene}, {depth_kind}, {z} slices" + (f", {photons} photons" if photons else
+                                                       f", noise {noise:g}")
+        means = {c: np.mean(q[c], axis=0) for c in cols}
+        best = max(cols, key=lambda c: means[c][0])
+        psnr_rows.append([name, f"{np.mean(oracle):.2f}"] + [
+            (f"**{means[c][0]:.2f} / {means[c][1]:.3f}**" if c == best
+             else f"{means[c][0]:.2f} / {means[c][1]:.3f}") for c in cols])
+        height_rows.append([name] + [f"{np.mean(herr[c]):.3f}" for c in runs])
+    lines += table(["stack", "oracle"] + [label(*c) for c in cols], psnr_rows)
+    lines += ["", "Height-map error (slices):", ""]
+    lines += table(["stack"] + [label(*c) for c in runs], height_rows)
+    return lines
+
+
+def voc(runs, timer, limit):
+    root = DATA / "mf_voc_synthetic_gt_subset"
+    if not root.is_dir():
+        return ["", f"MF-VOC: skipped ({root} absent)."]
+    names = sorted(p.name for p in (root / "sourceA").glob("*.jpg"))[:limit]
+    cols = runs + BASELINES
+    q = {c: [] for c in cols}
+    for name in names:
+        a, b, gt = (read_image(root / d / name) for d in ("sourceA", "sourceB", "groundtruth"))
+        for c in cols:
+            f = timer.fuse(c, [a, b], *c).image
+            q[c].append((psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)))
+    means = {c: np.mean(q[c], axis=0) for c in cols}
+    lines = ["", "## Ground truth: MF-VOC pairs", "",
+             f"{len(names)} pairs of `mf_voc_synthetic_gt_subset` (224 x 224 RGB JPEG, synthetic "
+             "blur of complementary regions). PSNR (dB, capped at "
+             f"{PSNR_CAP:g} dB per image) and SSIM over RGB.", ""]
+    lines += table(["method", "PSNR", "SSIM"],
+                   [[label(*c), f"{means[c][0]:.2f}", f"{means[c][1]:.4f}"] for c in cols])
+    return lines
+
+
+# -- no ground truth ----------------------------------------------------------------------
+
+def _groups():
+    """(name, [source paths...]) per dataset, for the data that is present."""
+    sets = {}
+    lytro = DATA / "lytro_liu2020_benchmark" / "sources"
+    if lytro.is_dir():
+        sets["Lytro (survey)"] = [[lytro / f"{p}_1.tif", lytro / f"{p}_2.tif"] for p in
+                                  sorted({q.name[:4] for q in lytro.glob("c_*_1.tif")})]
+    triples = DATA / "lytro" / "Triple Series"
+    if triples.is_dir():
+        sets["Lytro triples"] = [sorted(triples.glob(f"lytro-{i:02d}-*.jpg")) for i in range(1, 5)]
+    mfifb = DATA / "mfifb"
+    if mfifb.is_dir():
+        sets["MFIFB"] = [sorted(d.glob("*_[AB].*")) for d in sorted(mfifb.iterdir()) if d.is_dir()]
+    gray = DATA / "grayscale_liu2020" / "grayscale"
+    if gray.is_dir():
+        sets["Grayscale"] = [[gray / f"{p}_1.tif", gray / f"{p}_2.tif"] for p in
+                             sorted({q.name[:4] for q in gray.glob("g_*_1.tif")})]
+    bfmf = DATA / "classic_bfmf"
+    if bfmf.is_dir():
+        stems = sorted({p.stem.rstrip("0123456789") for p in bfmf.glob("*.bmp")})
+        sets["Classic BFMF"] = [sorted(bfmf.glob(f"{s}[0-9].bmp")) for s in stems]
+    return {k: [g for g in v if len(g) >= 2] for k, v in sets.items()}
+
+
+def _score(sources, fused, names):
+    vals = []
+    for name in names:
+        fn = metrics.NO_REFERENCE[name]
+        vals.append(np.mean([fn(a, b, fused) for a, b in itertools.combinations(sources, 2)]))
+    return vals
+
+
+def no_reference(runs, timer, limit):
+    lines = ["", "## No ground truth: the field's metrics", "",
+             "Metrics as the MFIF survey's code computes them (`napari_mfif.metrics` reproduces "
+             "its published per-image values): Q_G (Q_AB/F), Q_MI, and on the Lytro sets also Q_Y "
+             "and Q_CB; higher is better. For three sources, the mean over the three pairs. "
+             "Bold: best of our runs.", ""]
+    cols = runs + BASELINES
+    groups = _groups()
+    if not groups:
+        return lines + ["Skipped: no data under ../shared/data."]
+    for name, items in groups.items():
+        items = items[:limit]
+        names = ["qabf", "nmi", "q_y", "q_cb"] if name.startswith("Lytro") else ["qabf", "nmi"]
+        vals = {c: [] for c in cols}
+        for paths in items:
+            sources = [read_image(p) for p in paths]
+            if len({s.shape for s in sources}) != 1:
+                continue
+            for c in cols:
+                vals[c].append(_score(sources, timer.fuse(c, sources, *c).image, names))
+        means = {c: np.mean(vals[c], axis=0) for c in cols}
+        per_metric = [bold_best([means[c][i] for c in cols]) for i in range(len(names))]
+        rows = [[label(*c)] + [per_metric[i][j] for i in range(len(names))]
+                for j, c in enumerate(cols)]
+        if name == "Lytro (survey)":
+            with open(DATA / "lytro_liu2020_benchmark" / "mean_metrics.csv") as fh:
+                published = {r["method"].lower(): r for r in csv.DictReader(fh)}
+            for key in ("cnn", "srcf", "gfdf"):
+                r = published.get(key)
+                if r:
+                    rows.append([f"published: {key}"] + [f"{float(r[m]):.4f}" for m in
+                                                          ("Q_G", "Q_MI", "Q_Y", "Q_CB")])
+        lines += [f"### {name} ({len(vals[cols[0]])} sets)", ""]
+        lines += table(["method"] + [{"qabf": "Q_G", "nmi": "Q_MI", "q_y": "Q_Y",
+                                      "q_cb": "Q_CB"}[m] for m in names], rows) + [""]
+    return lines
+
+
+# -- real microscopy stacks: pictures ------------------------------------------------------
+
+_VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
+                    np.float64)
+
+
+def _colour(index, z):
+    t = np.clip(index / max(z - 1, 1), 0, 1) * (len(_VIRIDIS) - 1)
+    i = np.minimum(t.astype(int), len(_VIRIDIS) - 2)
+    f = (t - i)[..., None]
+    return ((1 - f) * _VIRIDIS[i] + f * _VIRIDIS[i + 1]).astype(np.uint8)
+
+
+def _save(image, path, size=480):
+    """A full-resolution centre crop (size x size at most), so detail can be judged."""
+    h, w = image.shape[:2]
+    y0, x0 = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    Image.fromarray(image[y0:y0 + size, x0:x0 + size]).convert("RGB").save(path, quality=88)
+
+
+def _to8(image):
+    if image.dtype == np.uint8:
+        return image
+    a = image.astype(np.float64)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return (np.clip((a - lo) / max(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
+
+
+REAL = [  # name, files, downscale factor for this benchmark
+    ("blood smear (miLab, 10 planes)", "microscopy_wbc_milab", "*.jpg", 1),
+    ("algae (5 planes, 2x downscaled)", "microscopy_algae_brightfield", "img_*.png", 2),
+    ("EDF skeleton (3 slices)", "microscopy_edf_skeleton_zeiss", "stack.tif", 1),
+    ("PCB macro (7 frames)", "focus_stack_pcb/pcb", "pcb_*.jpg", 1),
+]
+
+
+def real_stacks(runs, timer):
+    from skimage.transform import rescale
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    lines = ["", "## Real microscopy stacks (no ground truth): pictures", "",
+             "Fused images and height maps (viridis, first slice dark) of the default classic "
+             "method, the CNN in both modes and the mean projection; judge them by eye. Each "
+             "picture is a full-resolution centre crop of at most 480 x 480 pixels; the time is "
+             "for the whole stack.", ""]
+    picks = [("tenengrad", "nway"), ("cnn", "nway"), ("cnn", "series"), ("mean", "")]
+    for name, folder, pattern, factor in REAL:
+        root = DATA / folder
+        files = sorted(root.glob(pattern))
+        if not files:
+            lines.append(f"- {name}: skipped ({root} absent)")
+            continue
+        stack = [read_image(f) for f in files] if len(files) > 1 else list(read_image(files[0]))
+        if factor > 1:
+            stack = [(rescale(s, 1 / factor, channel_axis=-1 if s.ndim == 3 else None,
+                              anti_aliasing=True, preserve_range=True)).round().astype(s.dtype)
+                     for s in stack]
+        slug = folder.split("/")[0]
+        lines += [f"### {name}", "", "| " + " | ".join(label(*c) for c in picks) + " |",
+                  "|" + "---|" * len(picks)]
+        cells, hcells = [], []
+        for c in picks:
+            t0 = time.perf_counter()
+            res = timer.fuse(("real",) + c, stack, *c)
+            dt = time.perf_counter() - t0
+            fname = f"{slug}_{c[0]}_{c[1] or 'baseline'}.jpg"
+            _save(_to8(res.image), IMG / fname)
+            cells.append(f"![{label(*c)}](img/{fname}) {dt:.1f} s")
+            if c[0] not in ("mean", "max"):
+                hname = f"{slug}_{c[0]}_{c[1]}_height.jpg"
+                _save(_colour(res.index_map, len(stack)), IMG / hname)
+                hcells.append(f"![height {label(*c)}](img/{hname})")
+            else:
+                hcells.append("")
+        lines += ["| " + " | ".join(cells) + " |", "| " + " | ".join(hcells) + " |", ""]
+    return lines
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer seeds and image sets")
+    args = p.parse_args()
+    import torch
+
+    runs = registry_runs()
+    timer = Timer()
+    t0 = time.perf_counter()
+    lines = ["# Fusion quality and speed: every method, one run", "",
+             f"Made by `benchmarks/quality.py{' --quick' if args.quick else ''}` on "
+             f"{platform.machine()} ({torch.get_num_threads()} torch threads), CPU only, "
+             f"napari-mfif {mf.__version__}. Methods with default parameters; `nway-hard` is the "
+             "CNN's N-way with the hard rule; `mean` and `max` are the naive projections.", ""]
+    lines += synthetic(runs, timer, [21] if args.quick else [21, 22])
+    lines += voc(runs, timer, 30 if args.quick else 1000)
+    lines += no_reference(runs, timer, 8 if args.quick else 1000)
+    lines += real_stacks(runs, timer)
+    keys = [c for c in runs + BASELINES if c in timer.seconds]
+    lines += ["", "## Speed", "", "Seconds per input megapixel (slices x height x width), over "
+              "all the fusions above except the real stacks, and for the real stacks alone.", ""]
+    lines += table(["method", "s / MP (all sets)", "s / MP (real stacks)"],
+                   [[label(*c), f"{timer.per_mpix(c):.3f}",
+                     f"{timer.per_mpix(('real',) + c):.3f}" if ('real',) + c in timer.seconds
+                     else ""] for c in keys])
+    lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
+    out = DOCS / ("quality_quick.md" if args.quick else "quality.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
