@@ -65,6 +65,13 @@ SYNTH = [  # scene, depth, slices, read noise, photons, haze
 ]
 
 
+SUMMARY: dict = {}  # column -> {(method, mode): value}, for the one-table summary
+
+
+def note(column, key, value):
+    SUMMARY.setdefault(column, {})[key] = value
+
+
 def synthetic(runs, timer, seeds):
     lines = ["## Ground truth: synthetic microscopy stacks", "",
              f"256 x 256 uint16, mean over seeds {seeds}. `cells`: textured cells everywhere "
@@ -103,6 +110,10 @@ def synthetic(runs, timer, seeds):
             (f"**{means[c][0]:.2f} / {means[c][1]:.3f}**" if c == best
              else f"{means[c][0]:.2f} / {means[c][1]:.3f}") for c in cols])
         height_rows.append([name] + [f"{np.mean(herr[c]):.3f}" for c in runs])
+        for c in cols:
+            column = f"synthetic {scene} PSNR"
+            note(column, c, SUMMARY.get(column, {}).get(c, 0.0) + means[c][0] / sum(
+                1 for case in SYNTH if case[0] == scene))
     lines += table(["stack", "oracle"] + [label(*c) for c in cols], psnr_rows)
     lines += ["", "Height-map error (slices):", ""]
     lines += table(["stack"] + [label(*c) for c in runs], height_rows)
@@ -122,6 +133,8 @@ def voc(runs, timer, limit):
             f = timer.fuse(c, [a, b], *c).image
             q[c].append((psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)))
     means = {c: np.mean(q[c], axis=0) for c in cols}
+    for c in cols:
+        note("MF-VOC PSNR", c, means[c][0])
     lines = ["", "## Ground truth: MF-VOC pairs", "",
              f"{len(names)} pairs of `mf_voc_synthetic_gt_subset` (224 x 224 RGB JPEG, synthetic "
              "blur of complementary regions). PSNR (dB, capped at "
@@ -186,6 +199,9 @@ def no_reference(runs, timer, limit):
             for c in cols:
                 vals[c].append(_score(sources, timer.fuse(c, sources, *c).image, names))
         means = {c: np.mean(vals[c], axis=0) for c in cols}
+        if name in ("Lytro (survey)", "MFIFB"):
+            for c in cols:
+                note(f"{name.split()[0]} Q_G", c, means[c][0])
         per_metric = [bold_best([means[c][i] for c in cols]) for i in range(len(names))]
         rows = [[label(*c)] + [per_metric[i][j] for i in range(len(names))]
                 for j, c in enumerate(cols)]
@@ -300,6 +316,26 @@ def main():
     lines += no_reference(runs, timer, 8 if args.quick else 1000)
     lines += real_stacks(runs, timer)
     keys = [c for c in runs + BASELINES if c in timer.seconds]
+    summary = ["## Summary: every method in one table", "",
+               "Means from the sections below: PSNR (dB) over the synthetic cell and "
+               "fluorescence-like stacks and over MF-VOC (ground truth), Q_G on the survey's "
+               "Lytro pairs and on MFIFB (no ground truth), and seconds per input megapixel over "
+               "all fusions except the real stacks. Bold: best per column.", ""]
+    columns = [c for c in ("synthetic cells PSNR", "synthetic fluorescence PSNR", "MF-VOC PSNR",
+                           "Lytro Q_G", "MFIFB Q_G") if c in SUMMARY]
+    rows = []
+    for c in keys:
+        row = [label(*c)]
+        for col in columns:
+            vals = SUMMARY[col]
+            best = max(vals.values())
+            v = vals.get(c)
+            fmt = "{:.2f}" if "PSNR" in col else "{:.4f}"
+            row.append("" if v is None else (f"**{fmt.format(v)}**" if v == best else fmt.format(v)))
+        row.append(f"{timer.per_mpix(c):.3f}")
+        rows.append(row)
+    summary += table(["method"] + columns + ["s / MP"], rows) + [""]
+    lines[4:4] = summary
     lines += ["", "## Speed", "", "Seconds per input megapixel (slices x height x width), over "
               "all the fusions above except the real stacks, and for the real stacks alone.", ""]
     lines += table(["method", "s / MP (all sets)", "s / MP (real stacks)"],
