@@ -62,6 +62,24 @@ class Timer:
         return self.seconds[key] / self.mpix[key]
 
 
+def machine() -> str:
+    """The CPU model, core count and memory, for the header of a results page."""
+    import os
+    import platform
+
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        return f"{model}, {os.cpu_count()} cores"
+
+
 def label(method: str, mode: str) -> str:
     return f"{method} {mode}".strip()
 

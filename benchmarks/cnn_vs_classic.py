@@ -12,7 +12,6 @@ Writes docs/benchmarks/cnn_vs_classic.md.   .venv/bin/python benchmarks/cnn_vs_c
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 import napari_mfif as mf
-from _common import DATA, DOCS, PSNR_CAP, psnr_capped, run
+from _common import DATA, DOCS, PSNR_CAP, machine, psnr_capped, run
 
 OUT = DOCS / "cnn_vs_classic.md"
 VOC = DATA / "mf_voc_synthetic_gt_subset"
@@ -131,7 +130,7 @@ def main():
     from napari_mfif.focus.cnn import load_net
     _, record = load_net(None, meta["arch"], "cpu")
     lines = ["# CNN pipeline against the classic focus measures", "",
-             f"Made by `benchmarks/cnn_vs_classic.py` on {platform.machine()} with "
+             f"Made by `benchmarks/cnn_vs_classic.py` on {machine()} with "
              f"{torch.get_num_threads()} torch threads; CNN = shipped `{meta['arch']}` weights "
              f"(held-out patch accuracy {record.get('heldout_accuracy_pair_head')}), paper "
              "decision parameters (threshold 0.5, small regions 0.01*H*W, guided filter r 8, "

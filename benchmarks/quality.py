@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import platform
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import napari_mfif as mf
 from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.synthetic import cells_image, fluorescence_image, smooth_depth, step_depth
-from _common import DATA, DOCS, PSNR_CAP, Timer, label, psnr_capped, registry_runs
+from _common import DATA, DOCS, PSNR_CAP, Timer, label, machine, psnr_capped, registry_runs
 
 BASELINES = [("mean", ""), ("max", "")]
 IMG = DOCS / "img"
@@ -308,7 +307,7 @@ def main():
     t0 = time.perf_counter()
     lines = ["# Fusion quality and speed: every method, one run", "",
              f"Made by `benchmarks/quality.py{' --quick' if args.quick else ''}` on "
-             f"{platform.machine()} ({torch.get_num_threads()} torch threads), CPU only, "
+             f"{machine()} ({torch.get_num_threads()} torch threads), CPU only, "
              f"napari-mfif {mf.__version__}. Methods with default parameters; `nway-hard` is the "
              "CNN's N-way with the hard rule; `mean` and `max` are the naive projections.", ""]
     lines += synthetic(runs, timer, [21] if args.quick else [21, 22])
