@@ -162,9 +162,11 @@ def test_training_runs_and_reports(tmp_path):
     from napari_mfif.train import main
 
     out = tmp_path / "w.pt"
-    assert main(["--arch", "compact", "--steps", "3", "--batch", "8", "-o", str(out)]) == 0
+    assert main(["--arch", "compact", "--steps", "3", "--batch", "8", "--heldout-pairs", "64",
+                 "-o", str(out)]) == 0
     meta = read_weights(out)["meta"]
     assert 0 <= meta["heldout_accuracy_pair_head"] <= 1 and meta["steps"] == 3
+    assert meta["heldout_pairs"] == 64
     res = mf.fuse(np.random.default_rng(0).random((2, 40, 40), dtype=np.float32),
                   method="cnn", weights=str(out))
     assert res.image.shape == (40, 40)

@@ -268,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout-pairs", type=int, default=20000,
+                   help="held-out pairs per accuracy figure")
     p.add_argument("--equal-fraction", type=float, default=0.15,
                    help="share of equally sharp pairs (label 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -278,7 +280,8 @@ def main(argv=None) -> int:
         print(f"train: error: {out} exists (use --overwrite)", file=sys.stderr)
         return 2
     net, record = train(args.arch, args.steps, args.batch, args.lr, args.optimizer, args.seed,
-                        args.threads, equal_fraction=args.equal_fraction)
+                        args.threads, heldout_pairs=args.heldout_pairs,
+                        equal_fraction=args.equal_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".part")
     save_weights(net, tmp, args.arch, record)
