@@ -1,10 +1,6 @@
-"""The CNN pipeline against the classic focus measures, on data with ground truth.
-
-- synthetic focal stacks (``mf.focal_stack``): 2 to 20 slices, with and without noise;
-- ``../shared/data/mf_voc_synthetic_gt_subset``: 122 two-image pairs with exact ground truth
-  (skipped, with a note, when absent);
-- speed of the CNN (default architecture) on this machine in megapixels per second per slice,
-  next to Tenengrad measured in the same run.
+"""The CNN pipeline against the classic focus measures: synthetic stacks with ground truth
+(more seeds than ``quality.py``, both N-way rules) and speed in megapixels per second per slice
+next to Tenengrad measured in the same run. MF-VOC and the Lytro pairs are in ``quality.py``.
 
 Writes docs/benchmarks/cnn_vs_classic.md.   .venv/bin/python benchmarks/cnn_vs_classic.py
 """
@@ -15,16 +11,12 @@ import argparse
 import time
 
 import numpy as np
-from PIL import Image
 from skimage.metrics import structural_similarity
 
 import napari_mfif as mf
-from _common import DATA, DOCS, PSNR_CAP, machine, psnr_capped, run
+from _common import DOCS, machine, psnr_capped, run
 
 OUT = DOCS / "cnn_vs_classic.md"
-VOC = DATA / "mf_voc_synthetic_gt_subset"
-LYTRO = DATA / "lytro_liu2020_benchmark"
-PUBLISHED = ("cnn", "srcf", "gfdf")  # rows of the survey's table printed beside ours
 RUNS = [("tenengrad", "nway"), ("variance", "nway"), ("cnn", "nway"), ("cnn", "nway-hard"),
         ("cnn", "series")]
 
@@ -69,41 +61,6 @@ def synthetic(seeds, shape):
     return rows
 
 
-def voc(limit):
-    names = sorted(p.name for p in (VOC / "sourceA").glob("*.jpg"))[:limit]
-    res = {r: [] for r in RUNS}
-    for name in names:
-        a = np.asarray(Image.open(VOC / "sourceA" / name).convert("RGB"))
-        b = np.asarray(Image.open(VOC / "sourceB" / name).convert("RGB"))
-        gt = np.asarray(Image.open(VOC / "groundtruth" / name).convert("RGB"))
-        for method, mode in res:
-            r = run([a, b], method, mode)
-            res[(method, mode)].append(quality(gt, r.image, 255))
-    return len(names), {k: np.mean(v, axis=0) for k, v in res.items()}
-
-
-def lytro():
-    """Q_G (Q_AB/F), Q_MI, Q_Y, Q_CB on the survey's 20 Lytro pairs, beside its table."""
-    import csv
-
-    import tifffile
-
-    from napari_mfif import metrics
-
-    pairs = sorted(p.name[:4] for p in (LYTRO / "sources").glob("c_*_1.tif"))
-    res = {r: [] for r in RUNS}
-    for pair in pairs:
-        a = tifffile.imread(LYTRO / "sources" / f"{pair}_1.tif")
-        b = tifffile.imread(LYTRO / "sources" / f"{pair}_2.tif")
-        for method, mode in RUNS:
-            f = run([a, b], method, mode).image
-            res[(method, mode)].append([metrics.qabf(a, b, f), metrics.nmi(a, b, f),
-                                        metrics.q_y(a, b, f), metrics.q_cb(a, b, f)])
-    with open(LYTRO / "mean_metrics.csv") as fh:
-        published = {row["method"].lower(): row for row in csv.DictReader(fh)}
-    return len(pairs), {k: np.mean(v, axis=0) for k, v in res.items()}, published
-
-
 def speed(shape=(1024, 1024), z=10, repeats=2):
     s = mf.focal_stack(n_slices=z, shape=(256, 256), dtype=np.uint16, seed=1)
     stack = np.tile(s.stack, (1, shape[0] // 256, shape[1] // 256))
@@ -121,7 +78,7 @@ def speed(shape=(1024, 1024), z=10, repeats=2):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="fewer seeds and pairs")
+    p.add_argument("--quick", action="store_true", help="fewer seeds")
     args = p.parse_args()
     seeds = [11, 12] if args.quick else [11, 12, 13, 14]
     meta = mf.get_method("cnn").params
@@ -152,33 +109,8 @@ def main():
         lines.append(f"| {label} | {oracle[0]:.2f} / {oracle[1]:.4f} | " + " | ".join(cells) + " |")
     means = {r: np.mean([res[r] for *_, res in rows], axis=0) for r in RUNS}
     lines.append("| **mean** | | " + " | ".join(f"{means[r][0]:.2f} / {means[r][1]:.4f}" for r in RUNS) + " |")
-    if VOC.is_dir():
-        n, res = voc(40 if args.quick else 1000)
-        lines += ["", "## MF-VOC pairs with ground truth", "",
-                  f"{n} pairs of `../shared/data/mf_voc_synthetic_gt_subset` (224 x 224 RGB; two "
-                  "images, so series = the papers' pair pipeline). PSNR over RGB (capped at "
-                  f"{PSNR_CAP:g} dB per image), SSIM over RGB.", "",
-                  "| method | mode | PSNR | SSIM |", "|---|---|---|---|"]
-        for (m, mo), (ps, ss) in res.items():
-            lines.append(f"| {m} | {mo} | {ps:.2f} | {ss:.4f} |")
-    else:
-        lines += ["", f"MF-VOC: skipped, {VOC} is absent."]
-    if (LYTRO / "sources").is_dir():
-        n, res, published = lytro()
-        lines += ["", "## Lytro pairs (no ground truth)", "",
-                  f"The survey's {n} Lytro pairs (`lytro_liu2020_benchmark/sources`), metrics "
-                  "computed as the survey's code does (`napari_mfif.metrics`, which reproduces its "
-                  "published per-image values). Published rows from its `mean_metrics.csv`.", "",
-                  "| method | Q_G (Q_AB/F) | Q_MI | Q_Y | Q_CB |", "|---|---|---|---|---|"]
-        for (m, mo), v in res.items():
-            lines.append(f"| ours: {m} {mo} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.4f} | {v[3]:.4f} |")
-        for key in PUBLISHED:
-            if key in published:
-                row = published[key]
-                lines.append(f"| published: {key} | {float(row['Q_G']):.4f} | {float(row['Q_MI']):.4f} "
-                             f"| {float(row['Q_Y']):.4f} | {float(row['Q_CB']):.4f} |")
-    else:
-        lines += ["", f"Lytro: skipped, {LYTRO} is absent."]
+    lines += ["", "MF-VOC and the Lytro pairs (Q_G, Q_MI, Q_Y, Q_CB beside the published table) for "
+              "every method: [quality.md](quality.md), made by `benchmarks/quality.py`."]
     shape, sp = speed()
     lines += ["", "## Speed on this CPU", "",
               f"A {shape[0]}-slice {shape[1]} x {shape[2]} uint16 stack, best of 2 runs, whole "

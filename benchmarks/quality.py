@@ -24,7 +24,6 @@ import argparse
 import csv
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

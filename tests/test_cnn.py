@@ -12,7 +12,6 @@ from napari_mfif import MfifError
 from napari_mfif.focus.cnn import (ARCHS, MARGIN, PATCH, DenseScorer, FocusNet, builtin_weights,
                                    count_parameters, load_net, pad_for_dense, read_weights,
                                    save_weights, score_map_shape)
-from napari_mfif.synthetic import focal_stack
 
 from conftest import psnr
 
