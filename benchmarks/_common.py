@@ -30,12 +30,12 @@ def run(stack, method: str, mode: str):
     """``mf.fuse`` for one benchmark column, on the CPU; naive baselines for method
     'mean' (average projection) and 'max' (maximum-intensity projection)."""
     if method in ("mean", "max"):
-        array = np.asarray(stack if not isinstance(stack, list) else np.stack(stack))
-        proj = array.astype(np.float64).mean(0) if method == "mean" else array.max(0)
-        return mf.FusionResult(image=proj.astype(array.dtype) if method == "max" else
-                               np.rint(proj).astype(array.dtype) if array.dtype.kind in "iu"
-                               else proj.astype(array.dtype),
-                               index_map=np.zeros(array.shape[1:3], np.float32),
+        from napari_mfif.stack import to_dtype
+
+        array = np.stack(stack) if isinstance(stack, list) else np.asarray(stack)
+        proj = array.max(0) if method == "max" else to_dtype(array.mean(0, dtype=np.float64),
+                                                             array.dtype)
+        return mf.FusionResult(image=proj, index_map=np.zeros(array.shape[1:3], np.float32),
                                method=method, mode="", device="cpu")
     if mode == "nway-hard":
         return mf.fuse(stack, method=method, mode="nway", device="cpu", nway_rule="hard")

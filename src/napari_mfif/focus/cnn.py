@@ -136,15 +136,12 @@ class DenseScorer:
         self.net = net.to(device).eval()
         self.device = torch.device(device)
 
-    def _to_tensor(self, gray: np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.ascontiguousarray(gray, dtype=np.float32), device=self.device)
-        return t.reshape((-1, 1) + t.shape[-2:])
-
     @torch.inference_mode()
     def features(self, gray: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Dense branch features of one image (H, W) or a batch (N, H, W)."""
-        t = gray if isinstance(gray, torch.Tensor) else self._to_tensor(gray)
-        t = t.reshape((-1, 1) + t.shape[-2:])
+        if not isinstance(gray, torch.Tensor):
+            gray = torch.as_tensor(np.ascontiguousarray(gray, dtype=np.float32), device=self.device)
+        t = gray.reshape((-1, 1) + gray.shape[-2:])
         return self.net.features(pad_for_dense(t))
 
     @torch.inference_mode()
