@@ -187,7 +187,7 @@ def test_training_pairs_are_labelled_by_sharpness():
 
 
 def test_nway_rule_is_checked(synth):
-    with pytest.raises(MfifError, match="nway_rule must be"):
+    with pytest.raises(MfifError, match="nway_rule.* must be one of: soft, hard"):
         mf.fuse(synth.stack, method="cnn", nway_rule="maybe")
 
 

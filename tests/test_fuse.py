@@ -102,7 +102,7 @@ def test_progress_is_reported_to_the_end(synth):
 
 
 def test_a_new_method_is_one_registry_entry(synth):
-    def first_slice(stack, gray, *, mode, device, progress, offset):
+    def first_slice(stack, gray, *, mode, device, progress, keep_weights, offset):
         return stack[0] + offset, np.zeros(gray.shape[1:], np.float32)
 
     mf.register_method(Method("first-slice", "the first slice", first_slice, {"offset": 0.0}))
@@ -158,3 +158,70 @@ def test_bad_input_is_one_clear_sentence(stack, message):
 def test_bad_arguments(synth, kwargs, message):
     with pytest.raises(MfifError, match=message):
         mf.fuse(synth.stack, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["tenengrad", "cnn"])
+@pytest.mark.parametrize("mode", MODES)
+def test_weights_are_each_slices_share_of_the_result(synth, method, mode):
+    stack = synth.stack.astype(np.float32)
+    res = mf.fuse(stack, method=method, mode=mode, return_weights=True)
+    w = res.weights
+    assert w.shape == stack.shape and w.dtype == np.float32
+    assert np.allclose(w.sum(axis=0), 1, atol=1e-4) and w.min() >= -1e-6
+    # they reproduce the fused image and the height map
+    assert np.allclose(np.einsum("zyx,zyx->yx", w, stack), res.image, rtol=1e-4, atol=0.05)
+    assert np.allclose(np.tensordot(np.arange(len(w)), w, axes=(0, 0)), res.index_map, atol=1e-3)
+    # and are not returned unless asked for
+    assert mf.fuse(stack, method=method, mode=mode).weights is None
+
+
+def test_series_weights_follow_the_pair_decisions():
+    from napari_mfif.stack import series_weights
+
+    rng = np.random.default_rng(0)
+    d = [rng.random((3, 4), dtype=np.float32) for _ in range(3)]  # D_1..D_3 for Z = 4
+    w = series_weights(d, (4, 3, 4))
+    assert np.allclose(w[0], d[0] * d[1] * d[2])
+    assert np.allclose(w[1], (1 - d[0]) * d[1] * d[2])
+    assert np.allclose(w[3], 1 - d[2])
+    assert np.allclose(w.sum(axis=0), 1)
+
+
+@pytest.mark.parametrize("method", ["tenengrad", "cnn"])
+@pytest.mark.parametrize("mode", MODES)
+def test_progress_can_cancel_a_run(synth, method, mode):
+    stack = synth.stack.copy()
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if len(calls) == 2:
+            raise mf.FusionCancelled()
+
+    with pytest.raises(mf.FusionCancelled):
+        mf.fuse(stack, method=method, mode=mode, progress=progress)
+    assert len(calls) == 2  # it stopped at the step that cancelled it
+    assert np.array_equal(stack, synth.stack)
+
+
+@pytest.mark.parametrize("method", ["tenengrad", "variance", "cnn"])
+def test_focus_map_says_which_slice_is_sharp_where(method):
+    # left half sharp in A, right half sharp in B
+    s = focal_stack(n_slices=2, shape=(96, 128), blur_per_slice=3.0, dtype=np.uint16, seed=1,
+                    depth=np.where(np.arange(128) < 64, 0.0, 1.0)[None].repeat(96, 0))
+    res = mf.focus_map(s.stack[0], s.stack[1], method=method)
+    assert res.score.shape == res.decision.shape == (96, 128)
+    assert res.score.dtype == res.decision.dtype == np.float32
+    assert 0 <= res.score.min() and res.score.max() <= 1
+    inner = (slice(16, -16), slice(8, 48)), (slice(16, -16), slice(80, 120))
+    assert res.score[inner[0]].mean() > 0.7 and res.score[inner[1]].mean() < 0.3
+    assert res.decision[inner[0]].mean() > 0.9 and res.decision[inner[1]].mean() < 0.1
+    swapped = mf.focus_map(s.stack[1], s.stack[0], method=method)
+    assert swapped.decision[inner[0]].mean() < 0.1
+
+
+def test_focus_map_checks_its_input():
+    with pytest.raises(MfifError, match="slice 1 has shape"):
+        mf.focus_map(np.zeros((8, 8)), np.zeros((8, 9)))
+    with pytest.raises(MfifError, match="no parameter"):
+        mf.focus_map(np.zeros((8, 8)), np.zeros((8, 8)), window_size=3)

@@ -22,7 +22,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "fuse": "napari_mfif._api",
     "FusionResult": "napari_mfif._api",
+    "focus_map": "napari_mfif._api",
+    "PairMaps": "napari_mfif._api",
     "MfifError": "napari_mfif._errors",
+    "FusionCancelled": "napari_mfif._errors",
     "available_methods": "napari_mfif.registry",
     "get_method": "napari_mfif.registry",
     "register_method": "napari_mfif.registry",
@@ -36,8 +39,8 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers only
-    from ._api import FusionResult, fuse
-    from ._errors import MfifError
+    from ._api import FusionResult, PairMaps, focus_map, fuse
+    from ._errors import FusionCancelled, MfifError
     from .io import read_stack, write_image
     from .registry import Method, available_methods, get_method, register_method
     from .synthetic import focal_stack, sample_stack

@@ -37,3 +37,24 @@ def resolve_device(device: str, supported: tuple[str, ...], method: str) -> str:
     if not cuda_available():
         raise MfifError("device 'cuda' was asked for but no CUDA GPU is available to torch")
     return "cuda"
+
+
+def cuda_name() -> str | None:
+    """The name of the first CUDA device torch sees, or None (imports torch)."""
+    if not cuda_available():
+        return None
+    import torch
+
+    return str(torch.cuda.get_device_name(0))
+
+
+def release(device: str) -> None:
+    """Hand cached GPU memory back to the driver after a run on ``device`` ends or is
+    cancelled, so that napari's other GPU users (and the next run) get it."""
+    if device != "cuda":
+        return
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -5,13 +5,21 @@ parameters with their defaults, the devices it can run on and the modes it suppo
 provides one ``run`` function that works on float arrays (the dtype round trip, input
 checks and device choice are done once, in :func:`napari_mfif.fuse`)::
 
-    run(stack, gray, *, mode, device, progress, **params) -> (fused, index_map)
+    run(stack, gray, *, mode, device, progress, keep_weights, **params)
+        -> (fused, index_map) or (fused, index_map, weights)
 
-    stack      (Z, Y, X, C) float array, the slices with a channel axis (C >= 1)
-    gray       (Z, Y, X) float array, the luminance the focus is judged on
-    fused      (Y, X, C) float array
-    index_map  (Y, X) float32, the (fractional) slice each pixel came from
-    progress   callable(done, total) or None
+    stack         (Z, Y, X, C) float array, the slices with a channel axis (C >= 1)
+    gray          (Z, Y, X) float array, the luminance the focus is judged on
+    fused         (Y, X, C) float array
+    index_map     (Y, X) float32, the (fractional) slice each pixel came from
+    weights       (Z, Y, X) each slice's share of each fused pixel, or None (a method
+                  may skip it unless ``keep_weights`` is true, or have none at all)
+    progress      callable(done, total) or None; it may raise to cancel the run
+
+A method may also provide ``pair_maps(a, b, *, device, **params) -> (score, decision)``
+for two (Y, X) gray slices: ``score`` is its raw judgement in [0, 1] that ``a`` is the
+sharper, ``decision`` the final map (1 where ``a`` is taken). The focus-map inspector
+shows them.
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ class Method:
     param_help: Mapping[str, str] = field(default_factory=dict)
     devices: tuple[str, ...] = ("cpu",)
     modes: tuple[str, ...] = MODES
+    #: optional ``pair_maps(a, b, *, device, **params) -> (score, decision)``
+    pair_maps: Callable[..., Any] | None = None
+    #: parameter name -> the values it may take (shown as a menu by the widget)
+    param_choices: Mapping[str, tuple] = field(default_factory=dict)
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's defaults updated with ``given``; unknown names are an error."""
@@ -56,6 +68,15 @@ class Method:
         resolved = dict(self.params)
         for key, value in given.items():
             default = self.params[key]
+            choices = self.param_choices.get(key)
+            if choices is not None:
+                if value not in choices:
+                    raise MfifError(
+                        f"parameter {key!r} of method {self.name!r} must be one of: "
+                        f"{', '.join(map(str, choices))}; got {value!r}"
+                    )
+                resolved[key] = value
+                continue
             if isinstance(default, bool) or not isinstance(default, (int, float)):
                 resolved[key] = value
                 continue

@@ -218,22 +218,46 @@ def fuse_series(
     gray: np.ndarray,
     pair_decision: Callable[[np.ndarray, np.ndarray], np.ndarray],
     progress: Progress = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    keep_weights: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Fuse slices two at a time in series, as the papers do for more than two images.
 
     The running result A is fused with the next slice B by ``pair_decision(grayA, grayB)``,
     a map D in [0, 1] (1 where A is in focus): A <- D*A + (1-D)*B. The index map follows the
     same rule, so it holds the (fractional) slice each pixel came from.
+
+    Returns ``(fused, index_map, weights)``; ``weights`` (Z, Y, X), each slice's share of
+    the result, is computed only with ``keep_weights`` (else None).
     """
     z = stack.shape[0]
     fused = stack[0].copy()
     fused_gray = gray[0].copy()
     index = np.zeros(gray.shape[1:], dtype=np.float32)
+    decisions = []
     for k in range(1, z):
         d = pair_decision(fused_gray, gray[k]).astype(stack.dtype)
         fused = d[..., np.newaxis] * fused + (1 - d[..., np.newaxis]) * stack[k]
         fused_gray = d * fused_gray + (1 - d) * gray[k]
         index = (d * index + (1 - d) * k).astype(np.float32)
+        if keep_weights:
+            decisions.append(d.astype(np.float32))
         if progress is not None:
             progress(k, z - 1)
-    return fused, index
+    weights = series_weights(decisions, gray.shape) if keep_weights else None
+    return fused, index, weights
+
+
+def series_weights(decisions: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Each slice's share of a series fusion from its pair decisions D_1..D_{Z-1}.
+
+    Slice k (k >= 1) enters with weight 1 - D_k and is then kept by every later D, so its
+    share is (1 - D_k) * D_{k+1} * ... * D_{Z-1}; slice 0 keeps D_1 * ... * D_{Z-1}.
+    """
+    weights = np.empty(shape, dtype=np.float32)
+    kept = np.ones(shape[1:], dtype=np.float32)  # product of the later decisions
+    for k in range(shape[0] - 1, 0, -1):
+        d = decisions[k - 1]
+        weights[k] = (1 - d) * kept
+        kept *= d
+    weights[0] = kept
+    return weights

@@ -57,17 +57,29 @@ def local_variance(gray: np.ndarray, *, presmooth: float, window: float) -> np.n
     return np.maximum(_gaussian(g * g, w) - mean * mean, 0)
 
 
-def _run(measure, stack, gray, *, mode, device, progress, presmooth, window, smooth):
+def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmooth, window,
+         smooth):
     focus = partial(measure, presmooth=presmooth, window=window)
     smoothing = partial(_gaussian, sigma=smooth)
     if mode == "nway":
         weights = nway_weights(focus, gray, smoothing, progress)
-        return blend(stack, weights), index_from_weights(weights)
+        return blend(stack, weights), index_from_weights(weights), weights
 
     def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return smoothing((focus(a) >= focus(b)).astype(a.dtype))
 
-    return fuse_series(stack, gray, pair_decision, progress)
+    return fuse_series(stack, gray, pair_decision, progress, keep_weights)
+
+
+def _pair_maps(measure, a, b, *, device, presmooth, window, smooth):
+    """Score and decision of the pair (a, b): score = f(a) / (f(a) + f(b)) (0.5 where
+    both are flat), decision = the smoothed choose-max map (1 where a is chosen)."""
+    fa = measure(a, presmooth=presmooth, window=window)
+    fb = measure(b, presmooth=presmooth, window=window)
+    total = fa + fb
+    score = np.divide(fa, total, out=np.full_like(total, 0.5), where=total > 0)
+    decision = _gaussian((fa >= fb).astype(a.dtype), smooth)
+    return score, decision
 
 
 for _name, _measure, _summary in (
@@ -81,6 +93,7 @@ for _name, _measure, _summary in (
             name=_name,
             summary=_summary,
             run=partial(_run, _measure),
+            pair_maps=partial(_pair_maps, _measure),
             params=dict(_DEFAULTS),
             param_help=dict(_HELP),
             devices=("cpu",),

@@ -64,19 +64,45 @@ def normalise(gray: np.ndarray) -> np.ndarray:
     return ((gray - lo) * scale).astype(np.float32)
 
 
-def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_region,
-        gf_radius, gf_eps, nway_rule):
+def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps):
+    """The papers' steps for one pair of [0, 1] gray images: the focus map (each patch's
+    P(a in focus) spread over its patch) and the final decision D (1 where a is in focus)
+    after thresholding, small-region removal and the guided filter."""
     import torch
 
+    from .decision import patch_focus_map, remove_small_regions
+    from .guided_filter import guided_filter
+
+    h, w = a.shape
+    prob = scorer.pair_probability(scorer.features(a), scorer.features(b))[0]
+    focus = patch_focus_map(prob, (h, w)).cpu().numpy()
+    binary = remove_small_regions(focus > threshold, area)
+    initial = np.where(binary, a, b)  # the initial fused image is the guide
+
+    def to_t(x):
+        return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=scorer.device)
+
+    d = guided_filter(to_t(initial), to_t(binary), radius, gf_eps)
+    return focus, d.clamp_(0, 1).cpu().numpy()
+
+
+def _scorer(arch, weights, device):
     from ..focus.cnn import DenseScorer, load_net
-    from .decision import (min_region_area, patch_focus_map, remove_small_regions,
-                           remove_small_regions_labels)
+
+    net, _ = load_net(weights or None, arch, device)
+    return DenseScorer(net, device)
+
+
+def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
+        min_region, gf_radius, gf_eps, nway_rule):
+    import torch
+
+    from .decision import min_region_area, patch_focus_map, remove_small_regions_labels
     from .guided_filter import guided_filter
 
     if nway_rule not in ("soft", "hard"):
         raise MfifError(f"nway_rule must be 'soft' or 'hard', got {nway_rule!r}")
-    net, _ = load_net(weights or None, arch, device)
-    scorer = DenseScorer(net, device)
+    scorer = _scorer(arch, weights, device)
     dev = scorer.device
     g = normalise(gray)
     z, h, w = g.shape
@@ -89,15 +115,10 @@ def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_re
     with torch.inference_mode():
         if mode == "series":
             def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                """The papers' steps for one pair: D = 1 where A is in focus."""
-                prob = scorer.pair_probability(scorer.features(a), scorer.features(b))[0]
-                focus = patch_focus_map(prob, (h, w)).cpu().numpy()
-                binary = remove_small_regions(focus > threshold, area)
-                initial = np.where(binary, a, b)  # the initial fused image is the guide
-                d = guided_filter(to_t(initial), to_t(binary.astype(np.float32)), radius, gf_eps)
-                return d.clamp_(0, 1).cpu().numpy()
+                return _pair_steps(scorer, a, b, threshold=threshold, area=area,
+                                   radius=radius, gf_eps=gf_eps)[1]
 
-            return fuse_series(stack, g, pair_decision, progress)
+            return fuse_series(stack, g, pair_decision, progress, keep_weights)
 
         # N-way: one pass per slice with the slice-score head
         scores = np.empty((z, h, w), np.float32)
@@ -118,7 +139,23 @@ def run(stack, gray, *, mode, device, progress, arch, weights, threshold, min_re
     fused, index = blend(stack, wts), index_from_weights(wts)
     if progress is not None:
         progress(z + 1, z + 1)
-    return fused, index
+    return fused, index, wts
+
+
+def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, gf_eps,
+              nway_rule):
+    """Focus map and decision of the papers' pipeline for two gray slices."""
+    import torch
+
+    from .decision import min_region_area
+
+    scorer = _scorer(arch, weights, device)
+    g = normalise(np.stack([a, b]))
+    h, w = a.shape
+    area = min_region_area((h, w), min_region) if min_region > 0 else 0
+    with torch.inference_mode():
+        return _pair_steps(scorer, g[0], g[1], threshold=threshold, area=area,
+                           radius=int(round(gf_radius)), gf_eps=gf_eps)
 
 
 register_method(Method(
@@ -126,7 +163,9 @@ register_method(Method(
     summary="focus CNN of Liu et al. 2017 (siamese, 16x16 patches) with the papers' decision "
             "steps: threshold, small-region removal, guided filter",
     run=run,
+    pair_maps=pair_maps,
     params=dict(DEFAULTS),
+    param_choices={"arch": ("compact", "liu2017"), "nway_rule": ("soft", "hard")},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
 ))
