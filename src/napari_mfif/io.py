@@ -6,6 +6,10 @@ tifffile, everything else Pillow recognises (PNG, JPEG, BMP, ...) through Pillow
 Writing is atomic and never clobbers by accident: the image is written to a temporary
 file in the target directory and moved into place at the end, so a crash or Ctrl-C leaves
 no partial output; an existing file is kept unless ``overwrite=True``.
+
+TIFF files can also be read lazily (:func:`read_lazy`, a dask array reading one page per
+chunk) and carry a physical pixel size (:func:`read_physical_scale`; ``write_image(...,
+scale=...)``), in micrometres where the file names a unit of length.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -117,6 +121,312 @@ def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.nda
     return as_stack(slices)
 
 
+# -- physical pixel size ---------------------------------------------------------------------
+
+#: the unit :func:`read_physical_scale` reports lengths in (pint and napari read it)
+MICROMETRE = "µm"
+
+#: micrometres per unit, for the length units ImageJ, OME-XML, pint and people write
+_MICROMETRES = {
+    "pm": 1e-6, "picometer": 1e-6, "picometre": 1e-6,
+    "å": 1e-4, "angstrom": 1e-4,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "in": 25400.0, "inch": 25400.0, "inches": 25400.0,
+}
+#: TIFF ResolutionUnit -> micrometres per unit (1, "none", has no absolute unit)
+_RESOLUTION_UNITS = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
+#: Resolutions of at most this many pixels per inch are the print or screen settings that
+#: cameras and image editors write (72, 96, 300 dpi, ...), not a pixel size.
+_MAX_PLACEHOLDER_DPI = 1200.0
+
+
+class PhysicalScale(NamedTuple):
+    """The pixel size of an image file along each axis of its array.
+
+    Attributes
+    ----------
+    scale : tuple of float
+        One entry per axis of the array :func:`read_image` returns, a trailing RGB(A) axis
+        left out (the axes napari's ``scale`` takes): micrometres where the file names a
+        unit of length, the file's own numbers where it gives a size without a unit, and
+        1.0 where it gives none.
+    units : tuple of str or None
+        ``"µm"`` or ``"pixel"`` for each entry of ``scale``; None when no axis has a unit.
+    """
+
+    scale: tuple[float, ...]
+    units: tuple[str, ...] | None
+
+
+class _TiffInfo(NamedTuple):
+    axes: str  # tifffile's letters for the axes of read_image's array
+    rgb: bool
+    physical: PhysicalScale
+
+
+def _micrometres_per(unit) -> float | None:
+    """Micrometres in one ``unit`` (a name such as "nm", "micron", "µm", or a pint unit);
+    None if it is not a unit of length."""
+    if unit is None:
+        return None
+    name = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").lower()
+    return _MICROMETRES.get(name)
+
+
+def read_physical_scale(path: str | os.PathLike) -> PhysicalScale:
+    """The physical pixel size stored in an image file, per axis of its array.
+
+    For TIFF it is taken, axis by axis, from the first of: ImageJ metadata (resolution tags
+    in ``unit`` for x and y, ``spacing`` for z), OME-XML (``PhysicalSizeX/Y/Z`` and their
+    units), and the plain resolution tags with a ResolutionUnit of centimetre or inch.
+    Lengths are converted to micrometres. A resolution of 1200 pixels per inch or less is
+    taken for the print setting image editors write, not a pixel size, and ignored. Other
+    formats carry no pixel size here: their scale is all ones.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+
+    Returns
+    -------
+    PhysicalScale
+        ``(scale, units)``: one entry per axis of ``read_image(path)`` except a trailing
+        RGB(A) axis; unknown axes get 1.0.
+    """
+    path = Path(path)
+    _open_check(path)
+    if not is_tiff(path):
+        return PhysicalScale((1.0, 1.0), None)  # read_image gives (Y, X) or (Y, X, RGB)
+    return _tiff_info(path).physical
+
+
+def _tiff_info(path: Path) -> _TiffInfo:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+            rgb = (series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB
+                   and axes.endswith("S") and shape[-1] in (3, 4))
+            sizes = _tiff_pixel_sizes(tif)
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
+    scale, units = [], []
+    for axis in axes[:-1] if rgb else axes:
+        size, micrometres = sizes.get(axis, (1.0, None))
+        scale.append(float(f"{size * (micrometres or 1.0):.10g}"))  # drops rational noise
+        units.append("pixel" if micrometres is None else MICROMETRE)
+    physical = PhysicalScale(tuple(scale), tuple(units) if MICROMETRE in units else None)
+    return _TiffInfo(axes, bool(rgb), physical)
+
+
+def _tiff_pixel_sizes(tif) -> dict[str, tuple[float, float | None]]:
+    """Pixel size per axis letter ("X", "Y", "Z") as (size, micrometres per unit of size),
+    the second None when the file gives the size without a unit of length."""
+    page = tif.pages[0]
+    tag_unit = int(page.tags.valueof("ResolutionUnit", 2))  # TIFF's default is inch
+    tag_micrometres = _RESOLUTION_UNITS.get(tag_unit)
+    resolution = {"X": _pixel_size_from_tag(page, "XResolution"),
+                  "Y": _pixel_size_from_tag(page, "YResolution")}
+    if tag_unit == 2:  # print settings are not pixel sizes (see _MAX_PLACEHOLDER_DPI)
+        in_tag_unit = {axis: None if size is None or 1.0 / size <= _MAX_PLACEHOLDER_DPI
+                       else size for axis, size in resolution.items()}
+    else:
+        in_tag_unit = resolution
+    sizes: dict[str, tuple[float, float | None]] = {}
+
+    if tif.is_imagej:  # ImageJ: ResolutionUnit none, unit (yunit, zunit) in the description
+        imagej = tif.imagej_metadata or {}
+        unit = imagej.get("unit")
+        for axis, key in (("X", "unit"), ("Y", "yunit")):
+            name = imagej.get(key, unit)
+            if name is not None and resolution[axis] is not None:
+                sizes[axis] = (resolution[axis], _micrometres_per(name))
+            elif name is None and in_tag_unit[axis] is not None:  # as ImageJ: the tag's unit
+                sizes[axis] = (in_tag_unit[axis], tag_micrometres)
+        spacing = _positive(imagej.get("spacing"))
+        if spacing is not None:
+            sizes["Z"] = (spacing, _micrometres_per(imagej.get("zunit", unit)))
+
+    pixels = _ome_pixels(tif) if tif.is_ome else {}
+    for axis in "XYZ":
+        size = _positive(pixels.get(f"PhysicalSize{axis}"))
+        if axis not in sizes and size is not None:
+            unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")  # the OME schema's default
+            sizes[axis] = (size, _micrometres_per(unit))
+
+    if tag_micrometres is not None:
+        for axis in "XY":
+            if axis not in sizes and in_tag_unit[axis] is not None:
+                sizes[axis] = (in_tag_unit[axis], tag_micrometres)
+    return sizes
+
+
+def _pixel_size_from_tag(page, name: str) -> float | None:
+    """Units per pixel from a resolution tag (which holds pixels per unit), or None."""
+    value = page.tags.valueof(name)
+    try:
+        numerator, denominator = value
+        return _positive(denominator / numerator)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return _positive(1.0 / value) if isinstance(value, (int, float)) and value else None
+
+
+def _positive(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def _ome_pixels(tif) -> dict[str, str]:
+    """The attributes of the first image's Pixels element in a TIFF's OME-XML."""
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata or "")
+    except ElementTree.ParseError:
+        return {}
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            return dict(element.attrib)
+    return {}
+
+
+# -- lazy reading ----------------------------------------------------------------------------
+
+def read_lazy(path: str | os.PathLike):
+    """A TIFF file's image as a dask array that reads its pages on demand.
+
+    The array is that of :func:`read_image` (the first series, length-1 axes dropped), one
+    chunk per TIFF page: building it reads only the file's tags, and computing a slice
+    decodes only the pages it covers. A series stored as one contiguous block described by
+    its first page (an ImageJ hyperstack over 4 GB, for instance) is read by byte offset,
+    one page-sized chunk at a time; any other layout becomes a single chunk. Damage that
+    shows without decoding (a truncated file, a compression that needs the ``imagecodecs``
+    package) is reported here, not when a slice is first shown.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A TIFF or BigTIFF file.
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    path = Path(path)
+    _open_check(path)
+    if not is_tiff(path):
+        raise MfifError(f"cannot read {path} lazily: it is not a TIFF file (use read_image)")
+    import dask
+    import dask.array as da
+    import tifffile
+
+    def truncated(what: str) -> MfifError:
+        return MfifError(f"cannot read TIFF file {path}: it is truncated ({what} runs past "
+                         "the end of the file)")
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            page_shape = tuple(series.keyframe.shape)
+            compression = series.keyframe.compression
+            pages = list(series)
+            locations = []  # (file, offset of the page's IFD)
+            for index, page in enumerate(pages):
+                if page is None:
+                    break
+                file = os.fspath(page.parent.filehandle.path)
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+                if ends and max(ends) > os.path.getsize(file):
+                    raise truncated(f"the data of page {index}")
+                locations.append((file, page.offset))
+            n_pages, rest = divmod(int(np.prod(shape)), max(int(np.prod(page_shape)), 1))
+            pages_fit = not rest and shape[len(shape) - len(page_shape):] == page_shape
+            plain = getattr(series, "transform", None) is None
+            one_page_per_chunk = (pages_fit and plain and len(locations) == len(pages) == n_pages
+                                  and not getattr(series, "is_truncated", False))
+            block = None if one_page_per_chunk or not plain else series.dataoffset
+            stored = dtype.newbyteorder(tif.byteorder)
+    except MfifError:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
+    if compression != 1:
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except KeyError:
+            name = getattr(compression, "name", compression)
+            raise MfifError(
+                f"cannot read TIFF file {path}: its {name} compression needs the imagecodecs "
+                "package (pip install imagecodecs)"
+            ) from None
+    if not int(np.prod(shape)):
+        raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
+
+    if one_page_per_chunk:
+        read = dask.delayed(_read_tiff_page)
+        tasks = [read(file, offset, page_shape) for file, offset in locations]
+    elif block is not None:
+        if block + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+            raise truncated("the image data")
+        read = dask.delayed(_read_tiff_bytes)
+        page_bytes = int(np.prod(page_shape)) * dtype.itemsize
+        if pages_fit:
+            tasks = [read(os.fspath(path), block + i * page_bytes, page_shape, stored.str)
+                     for i in range(n_pages)]
+        else:
+            page_shape, tasks = shape, [read(os.fspath(path), block, shape, stored.str)]
+    else:
+        page_shape, tasks = shape, [dask.delayed(_read_tiff_series)(os.fspath(path), shape)]
+    chunks = [da.from_delayed(task, shape=page_shape, dtype=dtype) for task in tasks]
+    if len(chunks) == 1:
+        return chunks[0].reshape(shape)
+    return da.stack(chunks).reshape(shape)
+
+
+def _read_tiff_page(file: str, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode the TIFF page whose IFD starts at ``offset`` in ``file``: one chunk of
+    :func:`read_lazy`."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(file) as tif:
+            tif.filehandle.seek(offset)
+            data = tifffile.TiffPage(tif, index=0).asarray()
+        return data.reshape(shape)
+    except Exception as exc:
+        raise MfifError(
+            f"cannot read the page at byte {offset} of TIFF file {file}: {_first_line(exc)}"
+        ) from None
+
+
+def _read_tiff_bytes(file: str, offset: int, shape: tuple[int, ...], stored: str) -> np.ndarray:
+    """Read uncompressed image data of dtype ``stored`` (with its byte order) at ``offset``:
+    one chunk of :func:`read_lazy` for a contiguous series."""
+    count = int(np.prod(shape))
+    data = np.fromfile(file, dtype=stored, count=count, offset=offset)
+    if data.size != count:
+        raise MfifError(f"cannot read TIFF file {file}: it ends inside the image data")
+    return data.astype(np.dtype(stored).newbyteorder("="), copy=False).reshape(shape)
+
+
+def _read_tiff_series(file: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Read a TIFF file's first series at once: the single chunk of :func:`read_lazy` when
+    its pages do not map one to one onto chunks."""
+    return read_image(file).reshape(shape)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -157,20 +467,48 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False,
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False,
-                metadata: dict | None = None) -> Path:
+                metadata: dict | None = None, scale: Sequence[float] | None = None,
+                unit: str | Sequence[str | None] | None = None) -> Path:
     """Write ``image`` atomically to ``path`` in the format its extension names.
 
     TIFF keeps any dtype; PNG and JPEG take uint8 only (JPEG at quality 95). A (Y, X, 3|4)
     array is written as RGB(A). No rescaling is done. An existing file is kept unless
     ``overwrite=True``; on any failure no file is left behind.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file; its extension names the format.
+    image : ndarray
+        (Y, X), (Y, X, C) or (Y, X, 3|4) RGB(A), (Z, Y, X) or (Z, Y, X, 3|4).
+    overwrite : bool
+        Replace an existing file.
+    metadata : dict, optional
+        Passed to tifffile (TIFF only).
+    scale : sequence of float, optional
+        TIFF only: the pixel size along (y, x) of an image or (z, y, x) of a stack (a
+        colour or channel axis has none), stored where :func:`read_physical_scale`, Fiji
+        and OME readers find it: as ImageJ metadata (resolution tags, ``spacing``,
+        ``unit``) for grey uint8, uint16 and float32 and RGB uint8, as OME-XML
+        (``PhysicalSizeX/Y/Z``, plus resolution tags in centimetres) for other dtypes. The
+        pages are laid out as without it.
+    unit : str or sequence of str, optional
+        The unit of ``scale``, one for all axes or one per entry: a length such as "µm",
+        "micron", "nm" or "mm" (stored in micrometres), or None or "pixel" for a size
+        without a unit.
     """
     image = np.asarray(image)
     path = check_output(path, overwrite=overwrite, dtype=image.dtype)
     fmt = output_format(path)
+    pixel_size = None
+    if scale is not None:
+        if fmt != "TIFF":
+            raise MfifError(f"{fmt} files carry no pixel size here; write a .tif to keep it")
+        pixel_size = _tiff_pixel_size(_drop_single_channel(image), scale, unit, metadata)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         os.close(fd)
-        _encode(tmp, image, fmt, metadata)
+        _encode(tmp, image, fmt, metadata, pixel_size)
         with open(tmp, "rb+") as f:  # the bytes are on disk before the file gets its name
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -184,25 +522,106 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     return path
 
 
-def _encode(target: str, image: np.ndarray, fmt: str, metadata: dict | None) -> None:
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+def _drop_single_channel(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+
+
+def tiff_layout(image: np.ndarray) -> tuple[dict, str]:
+    """How :func:`write_image` lays out ``image`` in a TIFF file.
+
+    Returns the tifffile keywords (photometric, planarconfig) and the meaning of the axes:
+    "YX", "YXS" (RGB or channels last, one page), "ZYX", "ZYXS" (one RGB page per slice),
+    or "" for other shapes, whose axes have no fixed meaning. A trailing length-1 channel
+    axis is written as grey.
+    """
+    image = _drop_single_channel(image)
+    if image.ndim == 2:
+        return {"photometric": "minisblack"}, "YX"
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return {"photometric": "rgb", "planarconfig": "contig"}, "YXS"
+    if image.ndim == 3 and image.shape[-1] <= MAX_CHANNELS:  # (Y, X, C): one page
+        return {"photometric": "minisblack", "planarconfig": "contig"}, "YXS"
+    if image.ndim == 3:  # (Z, Y, X): a stack, one page per slice
+        return {"photometric": "minisblack"}, "ZYX"
+    if image.ndim == 4 and image.shape[-1] in (3, 4):
+        return {"photometric": "rgb"}, "ZYXS"
+    return {"photometric": "minisblack"}, ""
+
+
+def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None) -> dict:
+    """The tifffile keywords that store ``scale`` (see :func:`write_image`)."""
+    layout, axes = tiff_layout(image)
+    spatial = axes.replace("S", "")
+    if not spatial:
+        raise MfifError(
+            f"a pixel size can be stored for a 2-D image or a (Z, Y, X) stack, grey or RGB, "
+            f"not for shape {image.shape}"
+        )
+    given = list(np.ravel(np.asarray(scale, dtype=object)))
+    sizes = [_positive(s) for s in given]
+    if len(sizes) != len(spatial) or None in sizes:
+        raise MfifError(
+            f"scale must hold {len(spatial)} positive pixel sizes ({', '.join(spatial.lower())})"
+            f" for an image of shape {image.shape}, got {tuple(given)}"
+        )
+    units = [unit] * len(spatial) if unit is None or isinstance(unit, str) else list(unit)
+    if len(units) != len(spatial):
+        raise MfifError(f"unit must be one unit or {len(spatial)} units, one per entry of scale")
+    micrometres = []
+    for u in units:
+        factor = _micrometres_per(u)
+        if factor is None and u is not None and str(u).strip().lower() != "pixel":
+            raise MfifError(f"unknown unit of length {str(u)!r}; use e.g. 'µm', 'nm' or 'mm'")
+        micrometres.append(factor)
+    # axis letter -> (size, True if in micrometres)
+    size = {a: (s * m if m else s, m is not None) for a, s, m in zip(spatial, sizes, micrometres)}
+
+    extra = dict(metadata or {}, axes=axes)
+    rgb = layout["photometric"] == "rgb"
+    imagej = (
+        image.nbytes < 2**32 - 2**25  # ImageJ hyperstacks are not BigTIFF
+        and ((not axes.endswith("S") and image.dtype in (np.uint8, np.uint16, np.float32))
+             or (rgb and image.dtype == np.uint8 and image.shape[-1] == 3))
+    )
+    if imagej:
+        # ImageJ: ResolutionUnit none, pixels per `unit` in the resolution tags; z spacing
+        # and per-axis units (yunit, zunit) in the description.
+        def name(axis):
+            return "micron" if size[axis][1] else None
+
+        if name("X"):
+            extra["unit"] = name("X")
+        for axis, key in (("Y", "yunit"), ("Z", "zunit")):
+            if axis in size and name(axis) != name("X"):
+                extra[key] = name(axis) or "pixel"
+        if "Z" in size:
+            extra["spacing"] = size["Z"][0]
+        return {"imagej": True, "metadata": extra,
+                "resolution": (1.0 / size["X"][0], 1.0 / size["Y"][0])}
+    import tifffile
+
+    for axis, (value, in_micrometres) in size.items():
+        extra[f"PhysicalSize{axis}"] = value
+        extra[f"PhysicalSize{axis}Unit"] = MICROMETRE if in_micrometres else "pixel"
+    kwargs = {"ome": True, "metadata": extra}
+    if size["X"][1] and size["Y"][1]:  # also for readers of plain TIFF tags
+        kwargs.update(resolution=(1e4 / size["X"][0], 1e4 / size["Y"][0]),
+                      resolutionunit=tifffile.RESUNIT.CENTIMETER)
+    return kwargs
+
+
+def _encode(target: str, image: np.ndarray, fmt: str, metadata: dict | None,
+            pixel_size: dict | None = None) -> None:
+    image = _drop_single_channel(image)
     rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     if fmt == "TIFF":
         import tifffile
 
         # Say how the axes are laid out: left alone, tifffile guesses from the shape and
         # stores e.g. a (3, Y, X) stack as one planar RGB image.
-        if image.ndim == 2:
-            layout = {"photometric": "minisblack"}
-        elif rgb:
-            layout = {"photometric": "rgb", "planarconfig": "contig"}
-        elif image.ndim == 3 and image.shape[-1] <= MAX_CHANNELS:  # (Y, X, C): one page
-            layout = {"photometric": "minisblack", "planarconfig": "contig"}
-        else:  # (Z, Y, X) or (Z, Y, X, C): a stack, one page per slice
-            layout = {"photometric": "rgb" if image.shape[-1] in (3, 4) and image.ndim == 4
-                      else "minisblack"}
-        tifffile.imwrite(target, image, metadata=metadata or {}, **layout)
+        layout, _ = tiff_layout(image)
+        tifffile.imwrite(target, image, **layout,
+                         **(pixel_size or {"metadata": metadata or {}}))
         return
     from PIL import Image
 

@@ -238,3 +238,44 @@ def sample_stack() -> SyntheticStack:
     little camera noise (made on the fly, deterministic; about 3 MB)."""
     return focal_stack(n_slices=10, shape=(384, 384), blur_per_slice=1.2, noise=0.004,
                        dtype=np.uint16, seed=2026)
+
+
+#: physical spacing of the fluorescence sample, (z, y, x) in micrometres
+FLUORESCENCE_SCALE = (1.0, 0.325, 0.325)
+#: physical spacing of the brightfield sample, (z, y, x) in micrometres
+BRIGHTFIELD_SCALE = (2.5, 0.5, 0.5)
+#: absorbance (red, green, blue) per unit density of a purple, haematoxylin-like stain
+_STAIN_ABSORBANCE = np.array([0.9, 1.6, 0.5], np.float32)
+
+
+def fluorescence_sample() -> SyntheticStack:
+    """A widefield-fluorescence-like sample: 10 slices of 320 x 320 uint16, sparse nuclei and
+    filaments on a dark background, with out-of-focus haze, shot noise and read noise
+    (made on the fly, deterministic; about 2 MB). The ground truth has no haze or noise."""
+    sharp = fluorescence_image((320, 320), seed=7)
+    return focal_stack(sharp, n_slices=10, blur_per_slice=1.4, haze=0.25, photons=400,
+                       noise=0.002, dtype=np.uint16, seed=7)
+
+
+def brightfield_sample() -> SyntheticStack:
+    """A brightfield-like colour sample: 8 slices of 320 x 320 RGB uint8, stained cells on a
+    bright background (made on the fly, deterministic; about 2.5 MB).
+
+    The stain's density is a :func:`cells_image`; each colour channel transmits
+    ``exp(-absorbance * density)`` and is rendered through focus with the same depth map.
+
+    Returns
+    -------
+    SyntheticStack
+        ``stack`` of shape (8, 320, 320, 3), ``sharp`` of shape (320, 320, 3), both uint8,
+        and ``depth`` of shape (320, 320).
+    """
+    shape, n_slices, seed = (320, 320), 8, 11
+    density = np.clip(cells_image(shape, seed=seed) - 0.25, 0, None) * 1.4
+    depth = smooth_depth(shape, n_slices, seed=seed)
+    transmitted = np.exp(-_STAIN_ABSORBANCE * density[..., None])
+    channels = [focal_stack(transmitted[..., c], depth, n_slices=n_slices,
+                            blur_per_slice=1.2, noise=0.006, dtype=np.uint8, seed=seed + c)
+                for c in range(3)]
+    return SyntheticStack(stack=np.stack([c.stack for c in channels], axis=-1),
+                          sharp=np.stack([c.sharp for c in channels], axis=-1), depth=depth)
