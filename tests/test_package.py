@@ -65,8 +65,15 @@ def test_npe2_validates_and_lists_the_plugin():
     pm = PluginManager.instance()
     pm.discover()
     manifest = pm.get_manifest("napari-mfif")
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Fuse focal stack"]
-    assert [s.key for s in manifest.contributions.sample_data] == ["focal_stack"]
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Fuse focal stack", "Inspect focus map"]
+    assert [s.key for s in manifest.contributions.sample_data] == [
+        "focal_stack", "fluorescence_stack", "brightfield_stack"]
+    (reader,) = manifest.contributions.readers
+    assert reader.filename_patterns == ["*.tif", "*.tiff"] and not reader.accepts_directories
+    (writer,) = manifest.contributions.writers
+    assert writer.layer_types == ["image"]
+    assert writer.filename_extensions == [".tif", ".tiff"]
 
 
 def test_wheel_carries_the_manifest(tmp_path):

@@ -1,15 +1,26 @@
-"""The napari surface in a real viewer (run under xvfb-run: napari needs OpenGL)."""
+"""The napari surface in a real viewer (run under xvfb-run: napari needs OpenGL).
+
+The plain layer functions are tested first, then the widgets as a user drives them: runs
+happen off the UI thread, so each test waits for the run to end.
+"""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from napari.layers import Image
 from napari.utils.notifications import notification_manager
 
 import napari_mfif as mf
-from napari_mfif._widget import layer_stack
+from napari_mfif import MfifError
+from napari_mfif import io as mio
+from napari_mfif import layers as ml
+from napari_mfif.synthetic import cells_image, focal_stack
 
 from conftest import psnr
 
-PLUGIN, WIDGET = "napari-mfif", "Fuse focal stack"
+PLUGIN, FUSE, INSPECT = "napari-mfif", "Fuse focal stack", "Inspect focus map"
 
 
 @pytest.fixture
@@ -24,26 +35,88 @@ def notifications():
     notification_manager.notification_ready.disconnect(record)
 
 
-def test_layer_stack_moves_the_z_axis_first():
-    from napari.layers import Image
+def messages(notifications):
+    return [str(n.message) for n in notifications]
 
+
+def run_and_wait(qtbot, widget, timeout=120_000):
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def shown(widget):
+    """Whether a widget is set to show (magicgui's .visible is False in a hidden window)."""
+    return not widget.native.isHidden()
+
+
+def open_widget(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+# -- the plain functions ----------------------------------------------------------------
+
+def test_stack_from_layer_moves_the_z_axis_first_and_keeps_geometry():
     data = np.zeros((7, 5, 3), np.uint8)  # (Y, Z, X)
-    layer = Image(data, scale=(0.5, 2.0, 0.25), translate=(10, 0, 20))
-    stack, scale, translate = layer_stack(layer, focus_axis=1)
+    layer = Image(data, scale=(0.5, 2.0, 0.25), translate=(10, 3, 20),
+                  units=("um", "um", "um"))
+    stack, geo = ml.stack_from_layer(layer, z_axis=1)
     assert stack.shape == (5, 7, 3)
-    assert scale == (0.5, 0.25) and translate == (10.0, 20.0)
+    assert geo.scale == (0.5, 0.25) and geo.translate == (10.0, 20.0)
+    assert geo.z_step == 2.0 and geo.z_origin == 3.0 and geo.z_unit == "µm"
+    assert geo.units == ("µm", "µm")
+    # a z scale of 1 without a unit is no known step, unless one is given
+    plain = Image(np.zeros((3, 4, 4)))
+    assert ml.stack_from_layer(plain)[1].z_step is None
+    assert ml.stack_from_layer(plain, z_step=0.3)[1].z_step == 0.3
 
 
-def test_widget_fuses_the_sample_in_a_real_viewer(make_napari_viewer, notifications):
+@pytest.mark.parametrize("layers, match", [
+    ([Image(np.zeros((8, 8)), name="a")], "1 layer selected"),
+    ([Image(np.zeros((8, 8)), name="a"), Image(np.zeros((8, 9)), name="b")], "same shape"),
+    ([Image(np.zeros((8, 8)), name="a"), Image(np.zeros((8, 8), np.uint8), name="b")],
+     "same dtype"),
+    ([Image(np.zeros((8, 8)), name="a"), Image(np.zeros((2, 8, 8)), name="b")], "not a 2-D"),
+])
+def test_bad_slice_layers_are_one_sentence(layers, match):
+    with pytest.raises(MfifError, match=match):
+        ml.stack_from_layers(layers)
+
+
+def test_a_2d_layer_is_not_a_stack():
+    with pytest.raises(MfifError, match="single 2-D image"):
+        ml.stack_from_layer(Image(np.zeros((8, 8))))
+
+
+def test_fuse_layer_from_a_script(make_napari_viewer):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=5, shape=(96, 96), dtype=np.uint16, seed=2)
+    layer = viewer.add_image(s.stack, name="stack", scale=(1.5, 0.4, 0.4))
+    fused, height, physical = ml.fuse_layer(viewer, layer, method="tenengrad")
+    assert [lay.name for lay in viewer.layers] == [
+        "stack", "stack fused", "stack height map", "stack height (z units)"]
+    assert fused.data.dtype == np.uint16 and tuple(fused.scale) == (0.4, 0.4)
+    assert np.allclose(physical.data, height.data * 1.5)
+    assert psnr(s.sharp, fused.data, 4095) > max(psnr(s.sharp, sl, 4095) for sl in s.stack) + 6
+    # again, with weights: same layers updated, one added
+    ml.fuse_layer(viewer, layer, mode="series", return_weights=True)
+    assert len(viewer.layers) == 5
+    weights = viewer.layers["stack weights"]
+    assert weights.data.shape == s.stack.shape and tuple(weights.scale) == (1.5, 0.4, 0.4)
+    assert viewer.layers["stack fused"].metadata["napari_mfif"]["mode"] == "series"
+
+
+# -- the Fuse focal stack widget ---------------------------------------------------------
+
+def test_widget_fuses_the_sample_in_a_real_viewer(make_napari_viewer, qtbot, notifications):
     viewer = make_napari_viewer(show=True)
     (layer,) = viewer.open_sample(PLUGIN, "focal_stack")
     original = layer.data.copy()
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    widget = open_widget(viewer, FUSE)
     assert set(widget.method.choices) == set(mf.available_methods())
+    assert widget.image.value is layer  # the only stack layer is chosen
 
-    widget.image.value = layer
-    widget()
-
+    run_and_wait(qtbot, widget)
     fused = viewer.layers[f"{layer.name} fused"]
     height = viewer.layers[f"{layer.name} height map"]
     assert fused.data.dtype == layer.data.dtype == np.uint16
@@ -52,6 +125,11 @@ def test_widget_fuses_the_sample_in_a_real_viewer(make_napari_viewer, notificati
     assert tuple(height.scale) == tuple(layer.scale[1:])
     assert height.data.dtype == np.float32
     assert np.array_equal(layer.data, original)  # the input layer is never modified
+    # the sample's z step and unit (its layer scale) give the height in micrometres too
+    physical = viewer.layers[f"{layer.name} height (µm)"]
+    assert np.allclose(physical.data, height.data * layer.scale[0])
+    # progress advanced to the end, per slice
+    assert widget.job is None and any("fused" in m for m in messages(notifications))
 
     truth = layer.metadata["napari_mfif"]["ground_truth"]
     depth = layer.metadata["napari_mfif"]["true_depth"]
@@ -61,7 +139,7 @@ def test_widget_fuses_the_sample_in_a_real_viewer(make_napari_viewer, notificati
     # running again updates the result layers instead of adding new ones
     n_layers = len(viewer.layers)
     widget.mode.value = "series"
-    widget()
+    run_and_wait(qtbot, widget)
     assert len(viewer.layers) == n_layers
     assert viewer.layers[f"{layer.name} fused"].metadata["napari_mfif"]["mode"] == "series"
 
@@ -70,12 +148,183 @@ def test_widget_fuses_the_sample_in_a_real_viewer(make_napari_viewer, notificati
     assert shot.ndim == 3 and shot[..., :3].std() > 5
 
 
-def test_widget_reports_bad_input_as_a_notification(make_napari_viewer, notifications):
+def test_widget_reports_progress_per_slice(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    layer = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    s = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint8, seed=1)
+    viewer.add_image(s.stack, name="s")
+    widget = open_widget(viewer, FUSE)
+    steps = []
+    widget.run()
+    widget.job._relay.progressed.connect(lambda done, total: steps.append((done, total)))
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert steps and steps[-1][0] == steps[-1][1] == 8  # tenengrad nway: 2 steps per slice
+    assert [d for d, _ in steps] == sorted(d for d, _ in steps)
+
+
+def test_widget_fuses_an_rgb_stack_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=4, shape=(80, 80), dtype=np.uint8, seed=4)
+    tint = np.array([1.0, 0.8, 0.6])
+    rgb = np.clip(s.stack[..., None] * tint, 0, 255).astype(np.uint8)
+    layer = viewer.add_image(rgb, rgb=True, name="rgb", scale=(3.0, 0.2, 0.3))
+    widget = open_widget(viewer, FUSE)
     widget.image.value = layer
-    widget()
-    assert [lay.name for lay in viewer.layers] == ["flat"]  # nothing added
-    messages = [str(n.message) for n in notifications]
-    assert any("single 2-D image" in m for m in messages), messages
+    run_and_wait(qtbot, widget)
+    fused = viewer.layers["rgb fused"]
+    assert fused.rgb and fused.data.shape == (80, 80, 3) and fused.data.dtype == np.uint8
+    assert tuple(fused.scale) == (0.2, 0.3)
+    sharp = np.clip(s.sharp[..., None] * tint, 0, 255)
+    assert psnr(sharp, fused.data, 255) > max(psnr(sharp, sl, 255) for sl in rgb) + 3
+
+
+def test_widget_fuses_2d_layers_in_layer_order(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=3, shape=(64, 64), dtype=np.uint16, seed=6)
+    chosen = [viewer.add_image(sl, name=f"z{k}", scale=(0.5, 0.5)) for k, sl in enumerate(s.stack)]
+    viewer.add_image(np.zeros((10, 10), np.uint16), name="other")
+    widget = open_widget(viewer, FUSE)
+    widget.source.value = "2-D layers as slices"
+    assert not shown(widget.image) and shown(widget.slices)
+    widget.slices.value = chosen
+    run_and_wait(qtbot, widget)
+    fused, height = viewer.layers["z0 fused"], viewer.layers["z0 height map"]
+    assert fused.data.dtype == np.uint16 and tuple(fused.scale) == (0.5, 0.5)
+    assert "z0 height (z units)" not in viewer.layers  # no z step known
+    expected = mf.fuse(s.stack)
+    assert np.array_equal(fused.data, expected.image)
+    assert np.allclose(height.data, expected.index_map)
+
+
+def test_widget_method_parameters_reach_the_method(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=3, shape=(48, 48), dtype=np.uint8, seed=7)
+    viewer.add_image(s.stack, name="s")
+    widget = open_widget(viewer, FUSE)
+    widget.method.value = "cnn"
+    assert shown(widget.params.panel("cnn")) and not shown(widget.params.panel("tenengrad"))
+    assert widget.params.values("cnn")["gf_radius"] == 8  # the paper's defaults
+    assert widget.params.panel("cnn").nway_rule.choices == ("soft", "hard")
+    widget.params.panel("cnn").gf_radius.value = 3
+    widget.add_weights.value = True
+    qtbot.waitUntil(lambda: "GPU" in widget.device_info.value, timeout=60_000)
+    run_and_wait(qtbot, widget)
+    info = viewer.layers["s fused"].metadata["napari_mfif"]
+    assert info["method"] == "cnn" and info["params"]["gf_radius"] == 3
+    assert viewer.layers["s weights"].data.shape == (3, 48, 48)
+
+
+def test_cancel_leaves_the_layer_list_unchanged(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=12, shape=(192, 192), dtype=np.uint16, seed=8)
+    layer = viewer.add_image(s.stack, name="long")
+    widget = open_widget(viewer, FUSE)
+    widget.method.value = "cnn"
+    widget.image.value = layer
+    before = [lay.name for lay in viewer.layers]
+    widget.run()
+    job = widget.job
+    job._relay.progressed.connect(lambda *_: widget.cancel())  # cancel at the first step
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert [lay.name for lay in viewer.layers] == before
+    assert len(job.steps) < 12  # it stopped early, not after all 13 steps
+    assert any("cancelled" in m for m in messages(notifications))
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+@pytest.mark.parametrize("setup, match", [
+    ("flat", "single 2-D image"),
+    ("different shapes", "same shape"),
+    ("one slice", "1 layer selected"),
+])
+def test_bad_selection_shows_an_error_and_adds_nothing(make_napari_viewer, qtbot,
+                                                       notifications, setup, match):
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.zeros((32, 32), np.uint8), name="a")
+    b = viewer.add_image(np.zeros((32, 40), np.uint8), name="b")
+    widget = open_widget(viewer, FUSE)
+    if setup == "flat":
+        widget.image.choices = [("a", a)]  # a user script forcing a 2-D layer in
+        widget.image.value = a
+    else:
+        widget.source.value = "2-D layers as slices"
+        widget.slices.value = [a, b] if setup == "different shapes" else [a]
+    widget.run()
+    assert not widget.running  # refused before any work started
+    assert [lay.name for lay in viewer.layers] == ["a", "b"]
+    assert any(match in m for m in messages(notifications)), messages(notifications)
+
+
+def test_errors_in_the_worker_are_a_notification(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.full((3, 16, 16), np.nan, np.float32), name="nan")
+    widget = open_widget(viewer, FUSE)
+    widget.image.value = layer
+    run_and_wait(qtbot, widget)
+    assert [lay.name for lay in viewer.layers] == ["nan"]
+    assert any("NaN" in m for m in messages(notifications)), messages(notifications)
+
+
+# -- the Inspect focus map widget --------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["tenengrad", "cnn"])
+def test_inspector_shows_where_each_slice_is_sharp(make_napari_viewer, qtbot, method):
+    viewer = make_napari_viewer()
+    depth = np.where(np.arange(128) < 64, 0.0, 2.0)[None].repeat(96, 0)
+    s = focal_stack(cells_image((96, 128), seed=3), depth, n_slices=3, blur_per_slice=2.0,
+                    dtype=np.uint16, seed=3)
+    viewer.add_image(s.stack, name="two halves", scale=(1.0, 0.5, 0.5))
+    widget = open_widget(viewer, INSPECT)
+    widget.method.value = method
+    widget.slice_a.value, widget.slice_b.value = 0, 2
+    run_and_wait(qtbot, widget)
+    score = viewer.layers["two halves focus score"]
+    decision = viewer.layers["two halves focus decision"]
+    assert tuple(score.scale) == (0.5, 0.5)
+    assert score.data[16:-16, 8:48].mean() > 0.7 and score.data[16:-16, 80:120].mean() < 0.3
+    assert decision.data[16:-16, 8:48].mean() > 0.9 and decision.data[16:-16, 80:120].mean() < 0.1
+    assert decision.metadata["napari_mfif"]["slice_b"] == 2
+
+
+def test_inspector_rejects_a_missing_slice(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="s")
+    widget = open_widget(viewer, INSPECT)
+    widget.slice_b.value = 5
+    widget.run()
+    assert not widget.running and len(viewer.layers) == 1
+    assert any("slice 5 does not exist" in m for m in messages(notifications))
+
+
+# -- start-up cost -----------------------------------------------------------------------
+
+def test_opening_the_widgets_does_not_import_torch():
+    code = (
+        "import sys, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.window.add_plugin_dock_widget('napari-mfif', 'Fuse focal stack')\n"
+        "v.window.add_plugin_dock_widget('napari-mfif', 'Inspect focus map')\n"
+        "v.open_sample('napari-mfif', 'focal_stack')\n"
+        "print('torch' in sys.modules)\n"
+        "v.close()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_scripted_example_of_the_docs(make_napari_viewer, tmp_path):
+    # docs/napari.md "From a script", on a TIFF with a pixel size
+    s = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=9)
+    mf.write_image(tmp_path / "stack.tif", s.stack, scale=(2.0, 0.5, 0.5), unit="µm")
+    viewer = make_napari_viewer()
+    (stack,) = viewer.open(tmp_path / "stack.tif", plugin="napari-mfif")
+    fused, height, *more = ml.fuse_layer(viewer, stack, method="cnn", mode="nway")
+    ml.inspect_focus(viewer, stack, slice_a=0, slice_b=3, method="cnn")
+    viewer.layers[fused.name].save(str(tmp_path / "fused.tif"), plugin="napari-mfif")
+
+    assert [lay.name for lay in more] == ["stack height (µm)"]
+    assert "stack focus decision" in viewer.layers
+    back = mio.read_physical_scale(tmp_path / "fused.tif")
+    assert back.scale == (0.5, 0.5) and back.units == ("µm", "µm")
+    assert np.array_equal(mio.read_image(tmp_path / "fused.tif"), fused.data)

@@ -1,94 +1,390 @@
-"""The napari widget "Fuse focal stack": a thin layer over :func:`napari_mfif.fuse`.
+"""The napari widgets: "Fuse focal stack" and "Inspect focus map".
 
-Imported by napari only when the widget is opened (never at plugin discovery). The
-result layers are named after the input layer, so running again updates them instead of
-piling up new ones.
+Both are thin: they gather a choice of layers and parameters, run :func:`napari_mfif.fuse`
+or :func:`napari_mfif.focus_map` off the UI thread, and hand the result to
+:mod:`napari_mfif.layers`, which scripts can call directly. This module is imported by napari
+only when a widget is opened, never at plugin discovery; torch is imported only when a method
+that needs it runs (or when the CNN is picked, to say whether a GPU is there).
+
+Threading: the worker computes and calls the progress callback, which checks the cancel flag
+and emits a Qt signal; everything that touches layers or widgets runs on the main thread.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import Any, Callable
 
-import numpy as np
-from magicgui import magic_factory
+import napari
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit,
+                              PushButton, RadioButtons, Select, SpinBox)
+from qtpy.QtCore import QObject, Signal
 
-from ._errors import MfifError
-from .registry import DEFAULT_METHOD, MODES
+from . import layers as _layers
+from ._errors import FusionCancelled, MfifError
+from .registry import DEFAULT_METHOD, MODES, available_methods, get_method
 
-if TYPE_CHECKING:  # pragma: no cover
-    import napari
-
-
-def _method_names(_widget=None) -> list[str]:
-    from .registry import available_methods
-
-    return list(available_methods())
+STACK, SLICES = "one stack layer", "2-D layers as slices"
 
 
-def layer_stack(layer: "napari.layers.Image", focus_axis: int) -> tuple[Any, tuple, tuple]:
-    """The stack held by ``layer`` with its z axis first, and the (Y, X) scale/translate."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    ndim = layer.ndim  # spatial dimensions; an RGB layer's colour axis is not counted
-    if ndim < 3:
-        raise MfifError(
-            f"layer {layer.name!r} is a single 2-D image; pick a layer that holds a z-stack"
+class _Relay(QObject):
+    """Carries progress from the worker thread to the main thread (queued signal)."""
+
+    progressed = Signal(int, int)
+
+
+class _Job:
+    """One run off the UI thread: a napari progress bar, a Cancel flag, results and errors
+    delivered on the main thread. A run cancelled before its result is handled adds
+    nothing."""
+
+    def __init__(self, title: str, work: Callable[[Callable[[int, int], None]], Any],
+                 on_result: Callable[[Any], None], on_end: Callable[[], None]):
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self.title = title
+        self.cancel_requested = threading.Event()
+        self.steps: list[tuple[int, int]] = []  # progress seen on the main thread
+        self._on_result, self._on_end = on_result, on_end
+        self._relay = _Relay()
+        self._relay.progressed.connect(self._progressed)
+        self._pbar = progress(total=0, desc=title)
+
+        def report(done: int, total: int) -> None:  # runs in the worker thread
+            if self.cancel_requested.is_set():
+                raise FusionCancelled()
+            self._relay.progressed.emit(int(done), int(total))
+
+        self.worker = create_worker(
+            work, report,
+            _connect={"returned": self._returned, "errored": self._errored,
+                      "finished": self._finished},
+            _start_thread=False,
         )
-    if ndim > 3:
-        raise MfifError(
-            f"layer {layer.name!r} has {ndim} dimensions; only (Z, Y, X) stacks, grey or "
-            "RGB, are supported so far"
-        )
-    if not -ndim <= focus_axis < ndim:
-        raise MfifError(f"focus axis {focus_axis} does not exist in a {ndim}-D layer")
-    focus_axis %= ndim
-    stack = np.moveaxis(data, focus_axis, 0)
-    keep = [i for i in range(ndim) if i != focus_axis]
-    scale = tuple(float(layer.scale[i]) for i in keep)
-    translate = tuple(float(layer.translate[i]) for i in keep)
-    return stack, scale, translate
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def cancel(self) -> None:
+        self.cancel_requested.set()
+        self._pbar.set_description(f"{self.title}: cancelling")
+
+    def _progressed(self, done: int, total: int) -> None:
+        self.steps.append((done, total))
+        if self._pbar.total != total:
+            self._pbar.total = total
+        self._pbar.update(done - self._pbar.n)
+
+    def _returned(self, result: Any) -> None:
+        if self.cancel_requested.is_set():
+            self._cancelled()
+            return
+        try:
+            self._on_result(result)
+        except MfifError as exc:
+            _show_error(f"{self.title}: {exc}")
+
+    def _errored(self, exc: BaseException) -> None:
+        if isinstance(exc, FusionCancelled):
+            self._cancelled()
+        elif isinstance(exc, MfifError):
+            _show_error(f"{self.title}: {exc}")
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            _show_error(f"{self.title} failed: {type(exc).__name__}: {first}")
+
+    def _cancelled(self) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(f"{self.title}: cancelled; no layer was added or changed")
+
+    def _finished(self) -> None:
+        self._pbar.close()
+        self._on_end()
 
 
-@magic_factory(
-    call_button="Fuse",
-    image={"label": "stack layer"},
-    focus_axis={"label": "z axis", "min": 0, "max": 2,
-                "tooltip": "the layer axis that runs through focus"},
-    method={"choices": _method_names, "tooltip": "fusion method (see the docs)"},
-    mode={"choices": list(MODES),
-          "tooltip": "nway: all slices at once; series: two at a time, in order"},
-    device={"choices": ["auto", "cpu", "cuda"]},
-)
-def fuse_focal_stack_widget(
-    image: "napari.layers.Image",
-    focus_axis: int = 0,
-    method: str = DEFAULT_METHOD,
-    mode: str = "nway",
-    device: str = "auto",
-) -> "list[napari.types.LayerDataTuple]":
-    """Fuse a z-stack layer into an all-in-focus image and a height map (slice units)."""
-    from napari.utils.notifications import show_error, show_info
+def _show_error(message: str) -> None:
+    from napari.utils.notifications import show_error
 
-    from ._api import fuse
+    show_error(message)
 
-    if image is None:
-        show_error("Fuse focal stack: there is no image layer to fuse; open a z-stack first")
-        return None
-    try:
-        stack, scale, translate = layer_stack(image, focus_axis)
-        result = fuse(stack, method=method, mode=mode, device=device)
-    except MfifError as exc:
-        show_error(f"Fuse focal stack: {exc}")
-        return None
-    z = stack.shape[0]
-    info = {"source": image.name, "method": result.method, "mode": result.mode,
-            "device": result.device, "params": result.params, "n_slices": z}
-    common = {"scale": scale, "translate": translate}
-    show_info(f"Fused {z} slices of {image.name!r} with {result.method} ({result.mode})")
-    return [
-        (result.image, {"name": f"{image.name} fused", "metadata": {"napari_mfif": info},
-                        "contrast_limits": image.contrast_limits, **common}, "image"),
-        (result.index_map, {"name": f"{image.name} height map", "colormap": "viridis",
-                            "contrast_limits": (0.0, float(max(z - 1, 1))),
-                            "metadata": {"napari_mfif": {**info, "units": "slice"}}, **common},
-         "image"),
-    ]
+
+class _ParamPanel(Container):
+    """The parameters of every registered method, one sub-panel each; only the chosen
+    method's panel is shown. Defaults are the method's (the papers' values)."""
+
+    def __init__(self):
+        super().__init__(labels=False)
+        self._panels: dict[str, Container] = {}
+        for name, spec in available_methods().items():
+            widgets = [self._widget_for(spec, key, default) for key, default in spec.params.items()]
+            panel = Container(widgets=widgets, labels=True, name=f"{name}_params", label="")
+            panel.margins = (0, 0, 0, 0)
+            self._panels[name] = panel
+            self.append(panel)
+        self.margins = (0, 0, 0, 0)
+
+    @staticmethod
+    def _widget_for(spec, key: str, default: Any):
+        tip = spec.param_help.get(key, "")
+        choices = spec.param_choices.get(key)
+        if choices is not None:
+            return ComboBox(name=key, choices=list(choices), value=default, tooltip=tip)
+        if isinstance(default, bool):
+            return CheckBox(name=key, value=default, tooltip=tip)
+        if isinstance(default, int):
+            return SpinBox(name=key, value=default, min=0, max=10_000, tooltip=tip)
+        if isinstance(default, float):
+            step = 0.01 if default < 1 else 0.5
+            return FloatSpinBox(name=key, value=default, min=0.0, max=10_000.0, step=step,
+                                tooltip=tip)
+        return LineEdit(name=key, value=str(default), tooltip=tip)
+
+    def show_method(self, method: str) -> None:
+        for name, panel in self._panels.items():
+            panel.visible = name == method
+
+    def values(self, method: str) -> dict[str, Any]:
+        return {w.name: w.value for w in self._panels[method]}
+
+    def panel(self, method: str) -> Container:
+        return self._panels[method]
+
+
+class _LayerJobWidget(Container):
+    """What both widgets share: the input layers, method, device and parameters, a run
+    button and a Cancel button."""
+
+    title = ""
+    run_text = "Run"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.job: _Job | None = None
+        self._cuda: str | None | bool = False  # False: not checked yet
+
+        self.source = RadioButtons(choices=[STACK, SLICES], value=STACK, label="input",
+                                   orientation="horizontal")
+        self.image = ComboBox(choices=self._stack_layers, label="stack layer",
+                              tooltip="an image layer holding the z-stack (grey or RGB)")
+        self.z_axis = SpinBox(value=0, min=0, max=2, label="z axis",
+                              tooltip="the layer axis that runs through focus")
+        self.slices = Select(choices=self._flat_layers, label="slices",
+                             tooltip="two or more 2-D layers, taken in layer-list order")
+        self.method = ComboBox(choices=list(available_methods()), value=DEFAULT_METHOD,
+                               label="method", tooltip="fusion method (see the docs)")
+        self.device = ComboBox(choices=["auto", "cpu"], value="auto", label="device")
+        self.device_info = Label(value="", label="")
+        self.params = _ParamPanel()
+        self.run_button = PushButton(text=self.run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+
+        self.source.changed.connect(self._source_changed)
+        self.method.changed.connect(self._method_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._layers_changed)
+
+    def _finish_layout(self, extra: list) -> None:
+        self.extend([self.source, self.image, self.z_axis, self.slices, *extra, self.method,
+                     self.params, self.device, self.device_info, self.run_button,
+                     self.cancel_button, self.status])
+        self._source_changed(self.source.value)
+        self._method_changed(self.method.value)
+
+    # -- choices -------------------------------------------------------------------------
+
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _stack_layers(self, _widget=None):
+        return [(layer.name, layer) for layer in self._image_layers() if layer.ndim >= 3]
+
+    def _flat_layers(self, _widget=None):
+        return [(layer.name, layer) for layer in self._image_layers() if layer.ndim == 2]
+
+    def _layers_changed(self, _event=None) -> None:
+        self.image.reset_choices()
+        self.slices.reset_choices()
+
+    def _source_changed(self, value: str) -> None:
+        stack = value == STACK
+        self.image.visible = self.z_axis.visible = stack
+        self.slices.visible = not stack
+
+    def _method_changed(self, method: str) -> None:
+        spec = get_method(method)
+        self.params.show_method(method)
+        if "cuda" not in spec.devices:
+            self.device.choices = ["auto", "cpu"]
+            self.device_info.value = f"{method} runs on the CPU"
+        else:
+            self._check_cuda()
+
+    def _check_cuda(self) -> None:
+        """Say whether torch sees a GPU, found out off the UI thread (importing torch takes
+        a second or two), and offer 'cuda' only when it does."""
+        if self._cuda is not False:
+            self._show_cuda()
+            return
+        from napari.qt.threading import create_worker
+
+        from ._device import cuda_name
+
+        self.device_info.value = "looking for a CUDA GPU..."
+
+        def found(name):
+            self._cuda = name
+            self._show_cuda()
+
+        worker = create_worker(cuda_name, _connect={"returned": found}, _start_thread=False)
+        self._cuda_worker = worker
+        worker.start()
+
+    def _show_cuda(self) -> None:
+        if "cuda" not in get_method(self.method.value).devices:
+            return
+        if self._cuda:
+            self.device.choices = ["auto", "cpu", "cuda"]
+            self.device_info.value = f"GPU: {self._cuda}"
+        else:
+            self.device.choices = ["auto", "cpu"]
+            self.device_info.value = "no CUDA GPU found: runs on the CPU"
+
+    # -- running -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    def selected_input(self) -> Any:
+        """The chosen stack layer, or the chosen 2-D layers in layer-list order."""
+        if self.source.value == STACK:
+            if self.image.value is None:
+                raise MfifError("there is no stack layer to use; open a z-stack first, or "
+                                "choose 2-D layers as slices")
+            return self.image.value
+        return list(self.slices.value)
+
+    def run(self, _=None) -> None:
+        """Start a run off the UI thread (returns at once; see :attr:`running`)."""
+        if self.running:
+            return
+        try:
+            work, on_result = self._prepare()
+        except MfifError as exc:
+            _show_error(f"{self.title}: {exc}")
+            return
+        self.job = _Job(self.title, work, on_result, self._ended)
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running..."
+        self.job.start()
+
+    def cancel(self, _=None) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "cancelling..."
+
+    def _ended(self) -> None:
+        self.job = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.status.value = ""
+
+    def _prepare(self) -> tuple[Callable, Callable]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FuseWidget(_LayerJobWidget):
+    """Fuse focal stack: an all-in-focus image, a height map in slices and (when the z step
+    is known) in physical units, and optionally each slice's weights."""
+
+    title = "Fuse focal stack"
+    run_text = "Fuse"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.mode = ComboBox(choices=list(MODES), value="nway", label="mode",
+                             tooltip="nway: all slices at once (height map); series: two at a "
+                                     "time, in order, as the papers do")
+        self.z_step = FloatSpinBox(value=0.0, min=0.0, max=1e6, step=0.1, label="z step",
+                                   tooltip="distance between slices in the layer's units; "
+                                           "0 = take the layer's z scale")
+        self.add_weights = CheckBox(value=False, text="add each slice's weights (decision maps)")
+        self._finish_layout([self.z_step, self.mode, self.add_weights])
+
+    def _method_changed(self, method: str) -> None:
+        super()._method_changed(method)
+        if hasattr(self, "mode"):
+            self.mode.choices = list(get_method(method).modes)
+
+    def _prepare(self):
+        from ._api import fuse
+
+        method = self.method.value
+        params = self.params.values(method)
+        source = self.selected_input()
+        z_step = self.z_step.value or None
+        stack, geometry, first = _layers._source(source, self.z_axis.value, z_step)
+        limits = None if first.rgb else first.contrast_limits
+        mode, device, weights = self.mode.value, self.device.value, self.add_weights.value
+        get_method(method).resolve_params(params)  # bad values are reported before the run
+
+        def work(progress):
+            return fuse(stack, method=method, mode=mode, device=device, progress=progress,
+                        return_weights=weights, **params)
+
+        def on_result(result):
+            _layers.put_layers(self.viewer, _layers.result_layer_data(
+                result, geometry, contrast_limits=limits))
+            from napari.utils.notifications import show_info
+
+            show_info(f"{self.title}: fused {geometry.name!r} with {result.method} "
+                      f"({result.mode}, {result.device})")
+
+        return work, on_result
+
+
+class FocusMapWidget(_LayerJobWidget):
+    """Inspect focus map: the chosen method's score and decision for two slices, so a user
+    can see why a region of the fusion came from one slice or the other."""
+
+    title = "Inspect focus map"
+    run_text = "Show focus map"
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.slice_a = SpinBox(value=0, min=0, max=100_000, label="slice A")
+        self.slice_b = SpinBox(value=1, min=0, max=100_000, label="slice B")
+        self._finish_layout([self.slice_a, self.slice_b])
+
+    def _prepare(self):
+        from ._api import focus_map
+
+        method = self.method.value
+        params = self.params.values(method)
+        stack, geometry, _ = _layers._source(self.selected_input(), self.z_axis.value, None)
+        slice_a, slice_b = self.slice_a.value, self.slice_b.value
+        _layers.check_pair(len(stack), slice_a, slice_b)
+        get_method(method).resolve_params(params)
+        device = self.device.value
+
+        def work(progress):
+            a, b = _layers.pick_pair(stack, slice_a, slice_b)  # reads a lazy layer here
+            maps = focus_map(a, b, method=method, device=device, **params)
+            progress(1, 1)
+            return maps
+
+        def on_result(maps):
+            _layers.put_layers(self.viewer, _layers.pair_layer_data(maps, geometry, slice_a,
+                                                                    slice_b))
+
+        return work, on_result

@@ -1,0 +1,293 @@
+"""Fusion between napari layers: what the widgets do, callable from a script.
+
+Scripted use (the widgets call these same functions)::
+
+    import napari, napari_mfif.layers as ml
+    viewer = napari.Viewer()
+    (stack,) = viewer.open("stack.tif", plugin="napari-mfif")
+    fused, height, *_ = ml.fuse_layer(viewer, stack, method="cnn")
+
+Result layers are named after the input (``"<name> fused"``, ``"<name> height map"``, ...),
+take its scale, translate and units, and running again updates them instead of adding new
+ones. napari itself is imported only by the functions that take a viewer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ._errors import MfifError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ._api import FusionResult, PairMaps
+
+LayerDataTuple = tuple  # (data, kwargs, layer_type), as napari's LayerDataTuple
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a stack sits in the world: (Y, X) scale, translate and units of its slices,
+    and the z step between slices (None when unknown) with its origin and unit."""
+
+    name: str
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    units: tuple[str, str] | None = None
+    z_step: float | None = None
+    z_origin: float = 0.0
+    z_unit: str | None = None
+
+    def common(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"scale": self.scale, "translate": self.translate}
+        if self.units is not None:
+            kwargs["units"] = self.units
+        return kwargs
+
+
+def _unit_name(unit: Any) -> str | None:
+    """A short unit name ('µm'), or None for napari's default 'pixel'."""
+    if unit is None:
+        return None
+    try:
+        text = f"{unit:~P}"  # pint's abbreviated, pretty form
+    except (TypeError, ValueError):
+        text = str(unit)
+    return None if text in ("", "px", "pixel", "dimensionless") else text
+
+
+def _layer_units(layer: Any, axes: Sequence[int]) -> list[str | None]:
+    units = getattr(layer, "units", None)
+    if units is None:
+        return [None] * len(axes)
+    return [_unit_name(units[i]) for i in axes]
+
+
+def _z_step(layer_scale: float, unit: str | None, override: float | None) -> float | None:
+    if override is not None and override > 0:
+        return float(override)
+    if unit is not None or layer_scale != 1.0:
+        return float(layer_scale)
+    return None  # a scale of 1 pixel and no unit: the step was never set
+
+
+def stack_from_layer(layer: "napari.layers.Image", z_axis: int = 0, *,
+                     z_step: float | None = None) -> tuple[Any, Geometry]:
+    """The stack held by one image layer, z axis first, and where it sits.
+
+    Grey (Z, Y, X) and RGB (Z, Y, X, 3|4) layers are accepted, in memory or lazy (dask,
+    computed only when fused); a multiscale layer gives its full-resolution level.
+    ``z_step`` overrides the layer's z scale (None or 0: take the layer's).
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    ndim = layer.ndim  # spatial dimensions; an RGB layer's colour axis is not counted
+    if ndim < 3:
+        raise MfifError(
+            f"layer {layer.name!r} is a single 2-D image; pick a layer that holds a z-stack, "
+            "or two or more 2-D layers as slices"
+        )
+    if ndim > 3:
+        raise MfifError(
+            f"layer {layer.name!r} has {ndim} dimensions; only (Z, Y, X) stacks, grey or "
+            "RGB, are supported so far"
+        )
+    if not -ndim <= z_axis < ndim:
+        raise MfifError(f"z axis {z_axis} does not exist in the 3-D layer {layer.name!r}")
+    z_axis %= ndim
+    stack = data if z_axis == 0 else np.moveaxis(data, z_axis, 0)  # a view (dask stays lazy)
+    keep = [i for i in range(ndim) if i != z_axis]
+    units = _layer_units(layer, [z_axis, *keep])
+    geometry = Geometry(
+        name=layer.name,
+        scale=tuple(float(layer.scale[i]) for i in keep),
+        translate=tuple(float(layer.translate[i]) for i in keep),
+        units=(units[1] or "pixel", units[2] or "pixel") if any(units[1:]) else None,
+        z_step=_z_step(float(layer.scale[z_axis]), units[0], z_step),
+        z_origin=float(layer.translate[z_axis]),
+        z_unit=units[0],
+    )
+    return stack, geometry
+
+
+def stack_from_layers(layers: Sequence["napari.layers.Image"], *,
+                      z_step: float | None = None) -> tuple[list, Geometry]:
+    """Two or more 2-D image layers (grey or RGB) taken as slices, in the order given."""
+    layers = list(layers)
+    if len(layers) < 2:
+        raise MfifError(
+            f"{len(layers)} layer{'s' if len(layers) != 1 else ''} selected; pick two or more "
+            "2-D layers as slices"
+        )
+    first = layers[0]
+    for layer in layers:
+        if layer.ndim != 2:
+            raise MfifError(
+                f"layer {layer.name!r} is not a 2-D image ({layer.ndim} dimensions); as slices "
+                "pick 2-D layers, or fuse a 3-D layer as one stack"
+            )
+        if layer.rgb != first.rgb or layer.data.shape != first.data.shape:
+            raise MfifError(
+                f"layer {layer.name!r} has shape {tuple(layer.data.shape)} but {first.name!r} "
+                f"has {tuple(first.data.shape)}; all slices must have the same shape"
+            )
+        if layer.data.dtype != first.data.dtype:
+            raise MfifError(
+                f"layer {layer.name!r} is {layer.data.dtype} but {first.name!r} is "
+                f"{first.data.dtype}; all slices must have the same dtype"
+            )
+    slices = [layer.data[0] if layer.multiscale else layer.data for layer in layers]
+    units = _layer_units(first, [0, 1])
+    geometry = Geometry(
+        name=first.name,
+        scale=(float(first.scale[0]), float(first.scale[1])),
+        translate=(float(first.translate[0]), float(first.translate[1])),
+        units=(units[0] or "pixel", units[1] or "pixel") if any(units) else None,
+        z_step=float(z_step) if z_step else None,
+    )
+    return slices, geometry
+
+
+def result_layer_data(result: "FusionResult", geometry: Geometry, *,
+                      contrast_limits: Sequence[float] | None = None) -> list[LayerDataTuple]:
+    """The layers of a fusion: fused image, height map in slices, height in physical units
+    (when the z step is known) and each slice's weights (when the result has them)."""
+    z = int(result.weights.shape[0]) if result.weights is not None else None
+    name = geometry.name
+    info = {"source": name, "method": result.method, "mode": result.mode,
+            "device": result.device, "params": result.params}
+    common = geometry.common()
+    fused_kwargs: dict[str, Any] = {"name": f"{name} fused", "metadata": {"napari_mfif": info},
+                                    **common}
+    rgb = result.image.ndim == 3 and result.image.shape[-1] in (3, 4)
+    fused_kwargs["rgb"] = rgb
+    if contrast_limits is not None and not rgb:
+        fused_kwargs["contrast_limits"] = tuple(float(c) for c in contrast_limits)
+    top = float(max(result.index_map.max(initial=0.0), 1.0))
+    out = [
+        (result.image, fused_kwargs, "image"),
+        (result.index_map, {"name": f"{name} height map", "colormap": "viridis",
+                            "contrast_limits": (0.0, top),
+                            "metadata": {"napari_mfif": {**info, "units": "slice"}}, **common},
+         "image"),
+    ]
+    if geometry.z_step is not None:
+        unit = geometry.z_unit or "z units"
+        height = (geometry.z_origin + result.index_map * geometry.z_step).astype(np.float32)
+        lo, hi = sorted((geometry.z_origin, geometry.z_origin + top * geometry.z_step))
+        out.append((height, {"name": f"{name} height ({unit})", "colormap": "viridis",
+                             "contrast_limits": (lo, hi if hi > lo else lo + 1),
+                             "metadata": {"napari_mfif": {**info, "units": unit,
+                                                          "z_step": geometry.z_step}},
+                             **common}, "image"))
+    if result.weights is not None:
+        scale = ((geometry.z_step or 1.0), *geometry.scale)
+        translate = (geometry.z_origin, *geometry.translate)
+        kwargs = {"name": f"{name} weights", "colormap": "magma", "contrast_limits": (0.0, 1.0),
+                  "scale": scale, "translate": translate,
+                  "metadata": {"napari_mfif": {**info, "n_slices": z}}}
+        if geometry.units is not None:
+            kwargs["units"] = (geometry.z_unit or "pixel", *geometry.units)
+        out.append((result.weights, kwargs, "image"))
+    return out
+
+
+def pair_layer_data(maps: "PairMaps", geometry: Geometry, slice_a: int,
+                    slice_b: int) -> list[LayerDataTuple]:
+    """The focus inspector's layers: the method's score and its decision for slices A, B."""
+    info = {"source": geometry.name, "method": maps.method, "device": maps.device,
+            "params": maps.params, "slice_a": slice_a, "slice_b": slice_b}
+    common = {**geometry.common(), "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+              "metadata": {"napari_mfif": info}}
+    return [
+        (maps.score, {"name": f"{geometry.name} focus score", **common}, "image"),
+        (maps.decision, {"name": f"{geometry.name} focus decision", **common}, "image"),
+    ]
+
+
+def put_layers(viewer: "napari.Viewer", data: Sequence[LayerDataTuple]) -> list:
+    """Add the layers, or update the ones of the same name left by an earlier run."""
+    layers = []
+    for array, kwargs, layer_type in data:
+        name = kwargs["name"]
+        old = viewer.layers[name] if name in viewer.layers else None
+        if old is not None and (old._type_string != layer_type or old.ndim != _ndim(array, kwargs)
+                                or getattr(old, "rgb", False) != kwargs.get("rgb", False)):
+            viewer.layers.remove(old)
+            old = None
+        if old is None:
+            layers.append(getattr(viewer, f"add_{layer_type}")(array, **kwargs))
+            continue
+        old.data = array
+        for key, value in kwargs.items():
+            if key not in ("name", "rgb", "colormap"):
+                setattr(old, key, value)
+        layers.append(old)
+    return layers
+
+
+def _ndim(array: np.ndarray, kwargs: dict) -> int:
+    return array.ndim - (1 if kwargs.get("rgb") else 0)
+
+
+def _source(layer_or_layers: Any, z_axis: int, z_step: float | None) -> tuple[Any, Geometry, Any]:
+    if isinstance(layer_or_layers, (list, tuple)):
+        stack, geometry = stack_from_layers(layer_or_layers, z_step=z_step)
+        first = layer_or_layers[0]
+    else:
+        stack, geometry = stack_from_layer(layer_or_layers, z_axis, z_step=z_step)
+        first = layer_or_layers
+    return stack, geometry, first
+
+
+def fuse_layer(viewer: "napari.Viewer", layer: Any, *, z_axis: int = 0,
+               z_step: float | None = None, method: str | None = None, mode: str = "nway",
+               device: str = "auto", return_weights: bool = False,
+               **params: Any) -> list:
+    """Fuse an image layer holding a z-stack (or a list of 2-D layers, as slices in order)
+    and add or update the result layers in ``viewer``; returns them.
+
+    ``z_axis`` is the layer axis that runs through focus; ``z_step`` the physical distance
+    between slices when the layer's z scale does not say it. The other arguments are those
+    of :func:`napari_mfif.fuse`. The input layer is never modified.
+    """
+    from ._api import fuse
+    from .registry import DEFAULT_METHOD
+
+    stack, geometry, first = _source(layer, z_axis, z_step)
+    result = fuse(stack, method=method or DEFAULT_METHOD, mode=mode, device=device,
+                  return_weights=return_weights, **params)
+    limits = None if first.rgb else first.contrast_limits
+    return put_layers(viewer, result_layer_data(result, geometry, contrast_limits=limits))
+
+
+def check_pair(n_slices: int, slice_a: int, slice_b: int) -> None:
+    """Check that ``slice_a`` and ``slice_b`` are two different slices of the stack."""
+    for k in (slice_a, slice_b):
+        if not 0 <= k < n_slices:
+            raise MfifError(f"slice {k} does not exist; the stack has slices 0 to {n_slices - 1}")
+    if slice_a == slice_b:
+        raise MfifError(f"slices A and B are both {slice_a}; pick two different slices")
+
+
+def pick_pair(stack: Any, slice_a: int, slice_b: int) -> tuple[Any, Any]:
+    """Slices ``slice_a`` and ``slice_b`` of a z-first stack (or list of slices), checked."""
+    check_pair(len(stack), slice_a, slice_b)
+    return np.asarray(stack[slice_a]), np.asarray(stack[slice_b])
+
+
+def inspect_focus(viewer: "napari.Viewer", layer: Any, slice_a: int = 0, slice_b: int = 1, *,
+                  z_axis: int = 0, method: str | None = None, device: str = "auto",
+                  **params: Any) -> list:
+    """Add (or update) the focus score and decision maps of slices A and B of a stack layer
+    (or of a list of 2-D layers): where A is judged sharper than B, and what is taken."""
+    from ._api import focus_map
+    from .registry import DEFAULT_METHOD
+
+    stack, geometry, _ = _source(layer, z_axis, None)
+    a, b = pick_pair(stack, slice_a, slice_b)
+    maps = focus_map(a, b, method=method or DEFAULT_METHOD, device=device, **params)
+    return put_layers(viewer, pair_layer_data(maps, geometry, slice_a, slice_b))
