@@ -57,8 +57,16 @@ def test_sample_then_fuse(tmp_path):
     assert main(["sample", "-o", str(tmp_path / "sample.tif")]) == 0
     stack = tifffile.imread(tmp_path / "sample.tif")
     assert np.array_equal(stack, mf.sample_stack().stack)
-    assert main(["fuse", str(tmp_path / "sample.tif"), "-o", str(tmp_path / "f.tif"), "-q"]) == 0
+    assert main(["fuse", str(tmp_path / "sample.tif"), "-o", str(tmp_path / "f.tif"),
+                 "--height-map", str(tmp_path / "h.tif"), "-q"]) == 0
     assert tifffile.imread(tmp_path / "f.tif").dtype == np.uint16
+    # the sample's pixel size travels to the stack file and on to the outputs
+    from napari_mfif.io import read_physical_scale
+    from napari_mfif.synthetic import SAMPLE_SCALE
+
+    assert read_physical_scale(tmp_path / "sample.tif").scale == SAMPLE_SCALE
+    for name in ("f.tif", "h.tif"):
+        assert read_physical_scale(tmp_path / name) == (SAMPLE_SCALE[1:], ("µm", "µm"))
 
 
 def test_methods_lists_the_registry(capsys):

@@ -97,6 +97,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _pixel_size(io, source, output: Path) -> dict:
+    """The (y, x) pixel size of the first input, to keep in a TIFF output: ``scale`` and
+    ``unit`` keywords for ``write_image``, or none when it is unknown."""
+    if io.output_format(output) != "TIFF":
+        return {}
+    scale, units = io.read_physical_scale(source)
+    if units is None and all(s == 1.0 for s in scale[-2:]):
+        return {}
+    unit = None if units is None else [u if u != "pixel" else None for u in units[-2:]]
+    return {"scale": tuple(scale[-2:]), "unit": unit}
+
+
 def _cmd_fuse(args) -> int:
     from . import io
     from ._api import fuse
@@ -122,9 +134,10 @@ def _cmd_fuse(args) -> int:
     stack = io.read_stack(args.inputs)
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device, **params)
-    io.write_image(outputs[0], result.image, overwrite=args.overwrite)
+    pixel = _pixel_size(io, args.inputs[0], outputs[0])
+    io.write_image(outputs[0], result.image, overwrite=args.overwrite, **pixel)
     if args.height_map:
-        io.write_image(outputs[1], result.index_map, overwrite=args.overwrite)
+        io.write_image(outputs[1], result.index_map, overwrite=args.overwrite, **pixel)
     if not args.quiet:
         elapsed = time.perf_counter() - start
         print(f"fused {stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} "
@@ -137,11 +150,12 @@ def _cmd_fuse(args) -> int:
 
 def _cmd_sample(args) -> int:
     from . import io
-    from .synthetic import sample_stack
+    from .synthetic import SAMPLE_SCALE, sample_stack
 
     io.check_output(args.output, overwrite=args.overwrite, dtype="uint16")
     sample = sample_stack()
-    path = io.write_image(args.output, sample.stack, overwrite=args.overwrite)
+    path = io.write_image(args.output, sample.stack, overwrite=args.overwrite,
+                          scale=SAMPLE_SCALE, unit="µm")
     z, y, x = sample.stack.shape
     print(f"sample focal stack ({z} slices of {y}x{x} uint16): {path.resolve()}")
     return EXIT_OK
