@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ._errors import MfifError
 
@@ -180,6 +181,8 @@ def nway_weights(
     gray: np.ndarray,
     smooth: Callable[[np.ndarray], np.ndarray],
     progress: Progress = None,
+    *,
+    floor: float = 0.0,
 ) -> np.ndarray:
     """Choose-max across all slices at once, with a smoothed decision.
 
@@ -187,6 +190,10 @@ def nway_weights(
     the highest score (ties to the lower slice); the one-hot decision maps are smoothed
     with ``smooth`` (a linear, normalised filter, so the weights still sum to one), which
     removes isolated wrong choices and softens the seams.
+
+    ``floor`` (> 0) is the focus score that noise alone reaches: where the best score is not
+    clearly above it (a flat area, where the choice would follow the noise), the pixel's
+    weights are taken from :func:`fill_flat_areas` instead.
     """
     z = gray.shape[0]
     best = np.full(gray.shape[1:], -np.inf, dtype=gray.dtype)
@@ -204,7 +211,75 @@ def nway_weights(
         if progress is not None:
             progress(z + k + 1, 2 * z)
     weights /= weights.sum(axis=0, keepdims=True)
+    if floor > 0:
+        confidence = smooth(np.clip(best / floor - 1, 0, 1).astype(gray.dtype))
+        weights = fill_flat_areas(weights, confidence)
     return weights
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """A robust estimate of the pixel noise (standard deviation) of a (Z, Y, X) stack.
+
+    Immerkaer's operator (the difference of two Laplacians, blind to planes and smooth
+    ramps) with the median absolute response, so that image structure does not count as
+    noise; the smallest estimate over the slices (the most defocused slice has the least
+    structure left) is returned.
+    """
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+    estimates = []
+    for g in gray:
+        if min(g.shape) < 3:
+            return 0.0
+        response = ndi.convolve(g.astype(np.float32, copy=False), kernel, mode="reflect")
+        estimates.append(float(np.median(np.abs(response[1:-1, 1:-1]))) / (0.6745 * 6.0))
+    return min(estimates)
+
+
+def _blur_wide(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing with a wide sigma, done on a block-averaged grid for speed."""
+    factor = max(1, int(sigma // 4))
+    h, w = image.shape
+    if factor == 1 or min(h, w) < 4 * factor:
+        return ndi.gaussian_filter(image, sigma, mode="reflect")
+    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
+    padded = np.pad(image, ((0, hp - h), (0, wp - w)), mode="edge")
+    small = padded.reshape(hp // factor, factor, wp // factor, factor).mean(axis=(1, 3))
+    small = ndi.gaussian_filter(small, sigma / factor, mode="reflect")
+    big = ndi.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
+    return big[:h, :w].astype(image.dtype, copy=False)
+
+
+#: the widths (px) over which flat areas look for textured neighbours, nearest first
+FILL_SIGMAS = (8.0, 32.0, 128.0)
+
+
+def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray,
+                    spread: float = 1.0) -> np.ndarray:
+    """Weights for a stack where the focus decision is only trusted with ``confidence``.
+
+    Where ``confidence`` (Y, X) in [0, 1] is low (flat or noise-only areas), the height is
+    taken from the confident pixels around (normalised convolution, the nearest of
+    :data:`FILL_SIGMAS` that reaches some), and the slices within about ``spread`` slices of
+    that height are averaged, which also averages their noise away. Confident pixels keep
+    their ``weights``. The result still sums to one at every pixel.
+    """
+    z = weights.shape[0]
+    height = index_from_weights(weights)
+    filled = np.full(height.shape, np.nan, dtype=np.float32)
+    for sigma in FILL_SIGMAS:
+        support = _blur_wide(confidence.astype(np.float32), sigma)
+        value = _blur_wide((confidence * height).astype(np.float32), sigma)
+        reach = np.isnan(filled) & (support > 0.02)
+        filled[reach] = value[reach] / support[reach]
+    if np.isnan(filled).any():  # no confident pixel anywhere near: the stack's middle
+        total = float(confidence.sum())
+        middle = float((confidence * height).sum() / total) if total > 0 else (z - 1) / 2
+        filled[np.isnan(filled)] = middle
+    ks = np.arange(z, dtype=np.float32)[:, None, None]
+    flat = np.exp(-0.5 * ((ks - filled[None]) / spread) ** 2)
+    flat /= flat.sum(axis=0, keepdims=True)
+    c = confidence[None].astype(weights.dtype)
+    return (c * weights + (1 - c) * flat.astype(weights.dtype)).astype(weights.dtype)
 
 
 def index_from_weights(weights: np.ndarray) -> np.ndarray:

@@ -11,6 +11,12 @@ Parameters shared by the measures (all in pixels, Gaussian sigmas; 0 turns a ste
 - ``window``: size of the neighbourhood the measure is summed over (focus is a property
   of a neighbourhood, not of one pixel).
 - ``smooth``: smoothing of the decision maps (softer seams, fewer isolated picks).
+- ``noise_floor`` (N-way): a multiple of the focus score that the stack's pixel noise alone
+  reaches (its 99th percentile, from the noise level measured on the stack). Where the best
+  slice does not score clearly above it (between 1x and 2x the floor the trust ramps up), the
+  pixel is in a flat area and its choice would follow the noise: it takes the height of its
+  textured neighbours instead, and averages the slices near that height, which also averages
+  their noise. 0 turns it off. Series mode keeps the papers' plain pairwise rule.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..registry import Method, register_method
-from ..stack import fuse_series, index_from_weights, blend, nway_weights
+from ..stack import blend, fuse_series, index_from_weights, noise_sigma, nway_weights
 
-_DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0}
+_DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0, "noise_floor": 3.0}
 _HELP = {
     "presmooth": "Gaussian sigma (px) applied to each slice before measuring focus; 0 = off",
     "window": "Gaussian sigma (px) of the neighbourhood the focus measure is summed over",
     "smooth": "Gaussian sigma (px) of the decision smoothing; 0 = hard per-pixel choice",
+    "noise_floor": "nway: below this multiple of the score pure noise reaches, a pixel takes "
+                   "its textured neighbours' height and averages nearby slices; 0 = off",
 }
 
 
@@ -57,12 +65,26 @@ def local_variance(gray: np.ndarray, *, presmooth: float, window: float) -> np.n
     return np.maximum(_gaussian(g * g, w) - mean * mean, 0)
 
 
+def noise_score(measure, sigma: float, *, presmooth: float, window: float) -> float:
+    """The 99th percentile of ``measure`` on white noise of standard deviation ``sigma``:
+    the score that noise alone reaches (the measures are quadratic in intensity)."""
+    if sigma <= 0:
+        return 0.0
+    unit = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
+    score = measure(unit, presmooth=presmooth, window=window)[16:-16, 16:-16]
+    return float(np.percentile(score, 99)) * sigma * sigma
+
+
 def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmooth, window,
-         smooth):
+         smooth, noise_floor):
     focus = partial(measure, presmooth=presmooth, window=window)
     smoothing = partial(_gaussian, sigma=smooth)
     if mode == "nway":
-        weights = nway_weights(focus, gray, smoothing, progress)
+        floor = 0.0
+        if noise_floor > 0:
+            sigma = noise_sigma(gray)
+            floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
+        weights = nway_weights(focus, gray, smoothing, progress, floor=floor)
         return blend(stack, weights), index_from_weights(weights), weights
 
     def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,7 +93,7 @@ def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmoot
     return fuse_series(stack, gray, pair_decision, progress, keep_weights)
 
 
-def _pair_maps(measure, a, b, *, device, presmooth, window, smooth):
+def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor):
     """Score and decision of the pair (a, b): score = f(a) / (f(a) + f(b)) (0.5 where
     both are flat), decision = the smoothed choose-max map (1 where a is chosen)."""
     fa = measure(a, presmooth=presmooth, window=window)
