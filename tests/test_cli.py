@@ -1,8 +1,11 @@
 """The command line, end to end on real files: round trips and one-line errors."""
 
+import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +139,95 @@ def test_module_entry_point_and_version():
     res = subprocess.run([sys.executable, "-m", "napari_mfif", "--version"],
                          capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == f"napari-mfif {mf.__version__}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _wait_until_fusing(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the CLI is past its imports and has spent a CPU second on the network."""
+    deadline, torch_at = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        if torch_at is None:
+            with open(f"/proc/{proc.pid}/maps") as f:
+                if "libtorch" in f.read():
+                    torch_at = time.monotonic()
+        elif time.monotonic() - torch_at > 1.0 and _cpu_seconds(proc.pid) > 3.0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run did not start fusing in time")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the run in /proc")
+def test_ctrl_c_during_a_long_run_leaves_no_output(tmp_path):
+    stack = np.random.default_rng(0).integers(0, 4096, (12, 768, 768), dtype=np.uint16)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, stack)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    out, height = tmp_path / "fused.tif", tmp_path / "height.tif"
+    exe = Path(sys.executable).parent / "napari-mfif"
+    proc = subprocess.Popen(
+        [str(exe), "fuse", str(source), "-o", str(out), "--height-map", str(height),
+         "--method", "cnn", "--mode", "series", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell that started the tests in the background may have left SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        _wait_until_fusing(proc)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - interrupted < 10  # it stopped, it did not finish the work
+    assert stderr.strip().splitlines() == ["napari-mfif: interrupted; no output was written"]
+    assert stdout == ""
+    assert os.listdir(tmp_path) == ["stack.tif"]  # no output, no hidden .part file
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
+
+
+def test_ctrl_c_while_the_file_is_written_leaves_nothing(tiff_stack, tmp_path, monkeypatch,
+                                                         capsys):
+    from napari_mfif import io
+
+    encode = io._encode
+
+    def half_then_interrupt(target, *args, **kwargs):
+        encode(target, *args, **kwargs)
+        with open(target, "rb+") as f:  # the temporary file holds half the image
+            f.truncate(os.path.getsize(target) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "_encode", half_then_interrupt)
+    assert main(["fuse", str(tiff_stack[0]), "-o", str(tmp_path / "f.tif")]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == ["napari-mfif: interrupted; no output was written"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_no_fused_image_without_its_height_map(tiff_stack, tmp_path, monkeypatch, capsys, error):
+    from napari_mfif import io
+
+    write, calls = io.write_image, []
+
+    def write_then_fail(path, image, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the height map, after the fused image was written
+            raise error
+        return write(path, image, **kwargs)
+
+    monkeypatch.setattr(io, "write_image", write_then_fail)
+    out, height = tmp_path / "f.tif", tmp_path / "h.tif"
+    code = main(["fuse", str(tiff_stack[0]), "-o", str(out), "--height-map", str(height)])
+    assert code == (130 if error is KeyboardInterrupt else 2)
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert len(calls) == 2 and os.listdir(tmp_path) == []

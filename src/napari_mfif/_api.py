@@ -9,6 +9,7 @@ import numpy as np
 
 from ._device import release, resolve_device
 from ._errors import MfifError
+from ._memory import check_stack
 from .registry import DEFAULT_METHOD, MODES, get_method
 from .stack import as_stack, luminance, to_dtype, with_channel_axis
 
@@ -106,7 +107,9 @@ def fuse(
     Raises
     ------
     MfifError
-        For bad input, with a one-sentence message.
+        For bad input, with a one-sentence message; also when fusing the stack in memory
+        would need more memory than is free (estimated from its shape before anything is
+        loaded or converted; see ``docs/api.md``).
     FusionCancelled
         When ``progress`` cancelled the run.
     """
@@ -118,6 +121,9 @@ def fuse(
             f"method {method!r} does not support mode {mode!r}; use one of: {', '.join(spec.modes)}"
         )
     resolved = spec.resolve_params(params)
+    # before a dask array is computed or a list stacked: a stack that cannot fit in memory
+    # is one sentence, not the process killed by the operating system
+    check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
     used_device = resolve_device(device, spec.devices, method)
     array = as_stack(stack)
     work, had_channels = with_channel_axis(array)

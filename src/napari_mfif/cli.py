@@ -1,7 +1,9 @@
 """The ``napari-mfif`` command line: a thin layer over :func:`napari_mfif.fuse`.
 
 Bad input ends in one line on stderr (``napari-mfif: error: ...``) and exit status 2,
-with no output file written. Ctrl-C ends with status 130 and no output file.
+with no output file written; so does a stack too large to fuse in the free memory, found
+from the file headers before any pixel is read. Ctrl-C ends with status 130 and no output
+file: a run writes all its outputs or none.
 """
 
 from __future__ import annotations
@@ -109,9 +111,60 @@ def _pixel_size(io, source, output: Path) -> dict:
     return {"scale": tuple(scale[-2:]), "unit": unit}
 
 
+#: Pillow image mode -> (channels, dtype) of the array io.read_image makes of it
+_PIL_MODES = {
+    "1": (1, "uint8"), "L": (1, "uint8"), "P": (4, "uint8"), "LA": (2, "uint8"),
+    "PA": (2, "uint8"), "RGB": (3, "uint8"), "RGBA": (4, "uint8"), "RGBX": (4, "uint8"),
+    "CMYK": (3, "uint8"), "YCbCr": (3, "uint8"), "LAB": (3, "uint8"), "HSV": (3, "uint8"),
+    "I": (1, "uint16"), "I;16": (1, "uint16"), "I;16B": (1, "uint16"),
+    "I;16L": (1, "uint16"), "I;16N": (1, "uint16"), "F": (1, "float32"),
+}
+
+
+def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | None:
+    """The (shape, dtype) of the stack the inputs make, from the file headers alone (a TIFF
+    through io.read_lazy, which reads only its tags; other images through Pillow, which
+    decodes nothing until asked); None when that cannot be told, and io.read_stack then
+    says what is wrong (tifffile's own log lines about a damaged file are held back here)."""
+    import logging
+
+    tifffile_log = logging.getLogger("tifffile")
+    was_disabled, tifffile_log.disabled = tifffile_log.disabled, True
+    try:
+        if len(inputs) == 1:
+            if not io.is_tiff(inputs[0]):
+                return None
+            lazy = io.read_lazy(inputs[0])
+            shape, dtype = tuple(lazy.shape), str(lazy.dtype)
+            return (shape, dtype) if len(shape) in (3, 4) else None
+        slices = set()
+        for path in inputs:
+            if io.is_tiff(path):
+                lazy = io.read_lazy(path)
+                slices.add((tuple(lazy.shape), str(lazy.dtype)))
+                continue
+            from PIL import Image
+
+            with Image.open(path) as im:
+                channels, dtype = _PIL_MODES.get(im.mode, (None, None))
+                if channels is None:
+                    return None
+                shape = (im.height, im.width) + ((channels,) if channels > 1 else ())
+                slices.add((shape, dtype))
+    except Exception:  # any trouble is for io.read_stack to report, in its words
+        return None
+    finally:
+        tifffile_log.disabled = was_disabled
+    if len(slices) != 1:
+        return None
+    (shape, dtype), = slices
+    return ((len(inputs), *shape), dtype) if len(shape) in (2, 3) else None
+
+
 def _cmd_fuse(args) -> int:
     from . import io
     from ._api import fuse
+    from ._memory import check_fits
     from .registry import DEFAULT_METHOD, get_method
 
     if not args.inputs:
@@ -131,13 +184,23 @@ def _cmd_fuse(args) -> int:
         io.check_output(out, overwrite=args.overwrite)
 
     start = time.perf_counter()
+    header = _stack_header(io, args.inputs)
+    if header is not None:  # too large for memory: say so before reading the pixels
+        check_fits(*header, method, args.mode, params=params)
     stack = io.read_stack(args.inputs)
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device, **params)
     pixel = _pixel_size(io, args.inputs[0], outputs[0])
-    io.write_image(outputs[0], result.image, overwrite=args.overwrite, **pixel)
-    if args.height_map:
-        io.write_image(outputs[1], result.index_map, overwrite=args.overwrite, **pixel)
+    images = [result.image] + ([result.index_map] if args.height_map else [])
+    written = []
+    try:
+        for path, image in zip(outputs, images):
+            io.write_image(path, image, overwrite=args.overwrite, **pixel)
+            written.append(path)
+    except BaseException:  # Ctrl-C or a full disk on the height map: no fused image alone
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     if not args.quiet:
         elapsed = time.perf_counter() - start
         print(f"fused {stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} "
