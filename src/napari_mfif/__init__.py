@@ -23,6 +23,7 @@ _LAZY = {
     "fuse": "napari_mfif._api",
     "FusionResult": "napari_mfif._api",
     "focus_map": "napari_mfif._api",
+    "apply_fusion": "napari_mfif._api",
     "PairMaps": "napari_mfif._api",
     "MfifError": "napari_mfif._errors",
     "FusionCancelled": "napari_mfif._errors",
@@ -39,7 +40,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for static type checkers only
-    from ._api import FusionResult, PairMaps, focus_map, fuse
+    from ._api import FusionResult, PairMaps, apply_fusion, focus_map, fuse
     from ._errors import FusionCancelled, MfifError
     from .io import read_stack, write_image
     from .registry import Method, available_methods, get_method, register_method

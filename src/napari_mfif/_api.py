@@ -11,7 +11,8 @@ from ._device import release, resolve_device
 from ._errors import MfifError
 from ._memory import check_stack
 from .registry import DEFAULT_METHOD, MODES, get_method
-from .stack import as_stack, luminance, to_dtype, with_channel_axis
+from .stack import (as_stack, blend_with, channels_last, focus_gray, luminance, to_dtype,
+                    with_channel_axis)
 
 
 @dataclass
@@ -32,7 +33,13 @@ class FusionResult:
     weights : ndarray of float32, shape (Z, Y, X), or None
         Each slice's share of each fused pixel (the decision maps; they sum to one per
         pixel). Only with ``fuse(..., return_weights=True)``, and only for methods that
-        fuse pixel by pixel.
+        fuse pixel by pixel. :func:`apply_fusion` applies them to another stack.
+    alignment : AlignResult or None
+        With ``fuse(..., align=...)``: the estimated shifts (and scales) per slice and the
+        frame of the result (``alignment.box`` in the input's pixels; ``alignment.report()``
+        as text). For a time series, a list with one per time point.
+
+    With ``time_axis``, ``image``, ``index_map`` and ``weights`` gain a leading time axis.
     """
 
     image: np.ndarray
@@ -42,6 +49,7 @@ class FusionResult:
     device: str
     params: dict[str, Any] = field(default_factory=dict)
     weights: np.ndarray | None = None
+    alignment: Any = None
 
 
 @dataclass
@@ -75,6 +83,11 @@ def fuse(
     *,
     progress: Callable[[int, int], None] | None = None,
     return_weights: bool = False,
+    channel_axis: int | None = None,
+    focus_channel: Any = None,
+    time_axis: int | None = None,
+    align: str | None = None,
+    align_frame: str = "crop",
     **params: Any,
 ) -> FusionResult:
     """Fuse a focal stack into one all-in-focus image and a height map.
@@ -97,6 +110,25 @@ def fuse(
         :class:`~napari_mfif.FusionCancelled` (or any exception) to stop the run.
     return_weights : bool
         Also return each slice's share of each pixel (``FusionResult.weights``).
+    channel_axis : int, optional
+        The axis of a 4-D stack that holds channels, e.g. 1 for (Z, C, Y, X); by default a
+        4-D stack is (Z, Y, X, C). The slices are the first axis that is neither time nor
+        channels.
+    focus_channel : int or sequence of float, optional
+        What focus is judged on: a channel number (e.g. DAPI or brightfield), or one
+        non-negative weight per channel; by default the luminance (RGB) or the mean of
+        the channels. The decision is applied to every channel, so they stay registered.
+    time_axis : int, optional
+        The axis of a time series (e.g. 0 for (T, Z, Y, X)); each time point is fused on
+        its own and the results are stacked along a leading time axis. ``channel_axis``
+        then counts axes of the whole array.
+    align : {None, "translation", "similarity"}
+        Register the slices before fusing (off by default): shifts by cross-correlation,
+        or also a scale change (focus breathing); one transform set for all channels.
+        The result is in the reference (middle) slice's frame, cropped to the region every
+        slice covers unless ``align_frame="pad"``; see :mod:`napari_mfif.align`.
+    align_frame : {"crop", "pad"}
+        How an aligned result is framed.
     **params
         The method's parameters (see ``available_methods()[name].params``).
 
@@ -121,15 +153,29 @@ def fuse(
             f"method {method!r} does not support mode {mode!r}; use one of: {', '.join(spec.modes)}"
         )
     resolved = spec.resolve_params(params)
+    if time_axis is not None:
+        return _fuse_over_time(stack, time_axis, channel_axis, dict(
+            method=method, mode=mode, device=device, progress=progress,
+            return_weights=return_weights, focus_channel=focus_channel, align=align,
+            align_frame=align_frame, **resolved))
+    stack = channels_last(stack, channel_axis)
     # before a dask array is computed or a list stacked: a stack that cannot fit in memory
     # is one sentence, not the process killed by the operating system
     check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
     used_device = resolve_device(device, spec.devices, method)
     array = as_stack(stack)
     work, had_channels = with_channel_axis(array)
+    gray = focus_gray(work, focus_channel)
+    alignment = None
+    if align is not None:
+        from .align import align_stack
+
+        alignment = align_stack(work, gray, mode=align, frame=align_frame, progress=progress)
+        work = alignment.stack.reshape(alignment.stack.shape[:3] + (work.shape[-1],))
+        gray = focus_gray(work, focus_channel)
     try:
         out = spec.run(
-            work, luminance(work), mode=mode, device=used_device, progress=progress,
+            work, gray, mode=mode, device=used_device, progress=progress,
             keep_weights=return_weights, **resolved
         )
     finally:
@@ -148,7 +194,97 @@ def fuse(
         params=resolved,
         weights=(np.asarray(weights, dtype=np.float32)
                  if return_weights and weights is not None else None),
+        alignment=alignment,
     )
+
+
+def _fuse_over_time(stack: Any, time_axis: int, channel_axis: int | None,
+                    kwargs: dict[str, Any]) -> FusionResult:
+    """Fuse each time point of a time series on its own; stack the results."""
+    ndim = getattr(stack, "ndim", None)
+    if ndim not in (4, 5):
+        raise MfifError(
+            "time_axis needs one array of shape (T, Z, Y, X) or (T, Z, Y, X, C) (axes in any "
+            f"order); got {'a list' if ndim is None else f'{ndim} dimensions'}"
+        )
+    if not isinstance(time_axis, (int, np.integer)) or not -ndim <= time_axis < ndim:
+        raise MfifError(f"time_axis {time_axis!r} does not exist in a {ndim}-D stack")
+    t_axis = time_axis % ndim
+    c_axis = None
+    if channel_axis is not None:
+        if not isinstance(channel_axis, (int, np.integer)) or not -ndim <= channel_axis < ndim:
+            raise MfifError(f"channel_axis {channel_axis!r} does not exist in a {ndim}-D stack")
+        c_axis = channel_axis % ndim
+        if c_axis == t_axis:
+            raise MfifError("time_axis and channel_axis name the same axis")
+        c_axis = c_axis + 1 if c_axis < t_axis else c_axis  # after moving time first
+        c_axis -= 1  # within one time point
+    series = np.moveaxis(stack, t_axis, 0)
+    n = series.shape[0]
+    outer = kwargs.pop("progress")
+    results = []
+    for t in range(n):
+        def progress(done, total, t=t):
+            if outer is not None:
+                outer(t * total + done, n * total)
+        results.append(fuse(series[t], channel_axis=c_axis, progress=progress, **kwargs))
+    first = results[0]
+    weights = [r.weights for r in results]
+    return FusionResult(
+        image=np.stack([r.image for r in results]),
+        index_map=np.stack([r.index_map for r in results]),
+        method=first.method, mode=first.mode, device=first.device, params=first.params,
+        weights=None if weights[0] is None else np.stack(weights),
+        alignment=None if first.alignment is None else [r.alignment for r in results],
+    )
+
+
+def apply_fusion(stack: Any, result: FusionResult, *, channel_axis: int | None = None) -> np.ndarray:
+    """Fuse another stack with the decision of an earlier fusion.
+
+    For a channel or layer that was not part of ``result``'s stack (another fluorescence
+    channel, a brightfield image of the same field): the same slices' shares are applied
+    pixel by pixel (after the same alignment, if ``result`` was aligned), so the two
+    results stay registered.
+
+    Parameters
+    ----------
+    stack : array-like, shape (Z, Y, X) or (Z, Y, X, C)
+        The same slices (Z, Y, X) as the stack ``result`` came from; any channels.
+    result : FusionResult
+        From ``fuse(..., return_weights=True)`` (not a time series).
+    channel_axis : int, optional
+        As for :func:`fuse`.
+
+    Returns
+    -------
+    ndarray
+        (Y, X) or (Y, X, C), the dtype of ``stack``.
+    """
+    if result.weights is None:
+        raise MfifError("apply_fusion needs the result's weights; fuse with return_weights=True")
+    if result.weights.ndim != 3:
+        raise MfifError("apply_fusion takes one time point; apply it to each time point's result")
+    array = as_stack(channels_last(stack, channel_axis))
+    work, had_channels = with_channel_axis(array)
+    if result.alignment is not None:
+        from .align import apply_transforms
+
+        a = result.alignment
+        if work.shape[:3] != a.valid.shape[:1] + work.shape[1:3] or len(a.transforms) != len(work):
+            raise MfifError(
+                f"this stack has {len(work)} slices but the fusion had {len(a.transforms)}"
+            )
+        work = apply_transforms(work, a.transforms, frame=a.frame,
+                                order=a.params.get("order", 3))[0]
+        work = work.reshape(work.shape[:3] + (array.shape[-1] if had_channels else 1,))
+    if tuple(work.shape[:3]) != tuple(result.weights.shape):
+        raise MfifError(
+            f"this stack's slices are {tuple(work.shape[:3])} (Z, Y, X) but the fusion's weights "
+            f"are {tuple(result.weights.shape)}; apply a fusion to a stack of the same shape"
+        )
+    image = blend_with(work, result.weights, array.dtype)
+    return image if had_channels else image[..., 0]
 
 
 def focus_map(

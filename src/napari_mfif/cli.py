@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to compute (default auto: a CUDA GPU when the method can use one)")
     fuse.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
                       help="a method parameter, e.g. -p window=4 (repeatable)")
+    fuse.add_argument("--channel-axis", type=int, default=None, metavar="N",
+                      help="the axis holding channels, e.g. 1 for (Z, C, Y, X); read from the "
+                           "TIFF's axes when it names them (default: channels last, if any)")
+    fuse.add_argument("--focus-channel", default=None, metavar="N|W,W,...",
+                      help="judge focus on this channel (e.g. DAPI), or on these per-channel "
+                           "weights; the decision is applied to every channel")
+    fuse.add_argument("--time-axis", type=int, default=None, metavar="N",
+                      help="the axis of a time series, fused per time point (read from the "
+                           "TIFF's axes when it names them)")
+    fuse.add_argument("--align", default=None, choices=("translation", "similarity"),
+                      help="register the slices before fusing (off by default); similarity "
+                           "also corrects focus breathing")
+    fuse.add_argument("--align-frame", default="crop", choices=("crop", "pad"),
+                      help="aligned result: cropped to what every slice covers (default) or "
+                           "the whole reference frame")
     fuse.add_argument("--overwrite", action="store_true", help="replace existing output files")
     fuse.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -161,6 +176,54 @@ def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | No
     return ((len(inputs), *shape), dtype) if len(shape) in (2, 3) else None
 
 
+def _layout(io, args) -> dict:
+    """``channel_axis`` and ``time_axis`` for fuse(): as given, or from the axes a single
+    TIFF names (ImageJ and OME hyperstacks: T, Z, C), else None."""
+    layout = {"channel_axis": args.channel_axis, "time_axis": args.time_axis}
+    if len(args.inputs) != 1 or any(v is not None for v in layout.values()):
+        if len(args.inputs) != 1 and any(v is not None for v in layout.values()):
+            raise MfifError("--channel-axis and --time-axis apply to one multi-page TIFF, not to "
+                            "several files")
+        return layout
+    try:
+        if not io.is_tiff(args.inputs[0]):
+            return layout
+        axes = io._tiff_info(Path(args.inputs[0])).axes
+    except (OSError, MfifError):
+        return layout  # read_stack says what is wrong with the file
+    if "Z" in axes and "S" not in axes:
+        if "C" in axes:
+            layout["channel_axis"] = axes.index("C")
+        if "T" in axes:
+            layout["time_axis"] = axes.index("T")
+    return layout
+
+
+def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
+                    time_axis: int | None) -> tuple[int, ...]:
+    """The (Z, Y, X[, C]) shape one fuse() call works on, for the memory check."""
+    axes = list(range(len(shape)))
+    t = None if time_axis is None else axes[time_axis]
+    c = None if channel_axis is None else axes[channel_axis]
+    rest = [shape[i] for i in axes if i not in (t, c)]
+    return tuple(rest + ([shape[c]] if c is not None else []))
+
+
+def _focus_channel(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise MfifError(f"--focus-channel takes a channel number or comma-separated weights, "
+                        f"got {text!r}") from None
+    if len(values) == 1:
+        if values[0] != int(values[0]):
+            raise MfifError(f"--focus-channel takes a whole channel number, got {text!r}")
+        return int(values[0])
+    return values
+
+
 def _cmd_fuse(args) -> int:
     from . import io
     from ._api import fuse
@@ -184,12 +247,19 @@ def _cmd_fuse(args) -> int:
         io.check_output(out, overwrite=args.overwrite)
 
     start = time.perf_counter()
+    layout = _layout(io, args)
     header = _stack_header(io, args.inputs)
     if header is not None:  # too large for memory: say so before reading the pixels
-        check_fits(*header, method, args.mode, params=params)
-    stack = io.read_stack(args.inputs)
+        check_fits(_one_time_point(header[0], **layout), header[1], method, args.mode,
+                   params=params)
+    if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
+        stack = io.read_image(args.inputs[0])
+    else:
+        stack = io.read_stack(args.inputs)
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
-    result = fuse(stack, method=method, mode=args.mode, device=args.device, **params)
+    result = fuse(stack, method=method, mode=args.mode, device=args.device,
+                  focus_channel=_focus_channel(args.focus_channel), align=args.align,
+                  align_frame=args.align_frame, **layout, **params)
     pixel = _pixel_size(io, args.inputs[0], outputs[0])
     images = [result.image] + ([result.index_map] if args.height_map else [])
     written = []
@@ -203,8 +273,15 @@ def _cmd_fuse(args) -> int:
         raise
     if not args.quiet:
         elapsed = time.perf_counter() - start
-        print(f"fused {stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} "
-              f"{stack.dtype} with {method} ({args.mode}, {result.device}) in {elapsed:.1f} s")
+        if any(v is not None for v in layout.values()):
+            what = f"a {'x'.join(str(n) for n in stack.shape)} {stack.dtype} stack"
+        else:
+            what = f"{stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} {stack.dtype}"
+        print(f"fused {what} with {method} ({args.mode}, {result.device}) in {elapsed:.1f} s")
+        alignments = result.alignment if isinstance(result.alignment, list) else [result.alignment]
+        for alignment in alignments:
+            if alignment is not None:
+                print(alignment.report())
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
             print(f"height map:  {outputs[1].resolve()}")

@@ -157,6 +157,61 @@ def luminance(stack: np.ndarray) -> np.ndarray:
     return stack.mean(axis=-1)
 
 
+def focus_gray(stack: np.ndarray, focus_channel: Any = None) -> np.ndarray:
+    """The (Z, Y, X) image focus is judged on, for a (Z, Y, X, C) stack.
+
+    ``None``: the luminance (:func:`luminance`); an int: that channel (e.g. the DAPI or
+    brightfield channel of a fluorescence stack); a sequence of C non-negative numbers: that
+    weighted combination of the channels. The decision made on it is applied to every
+    channel, so channels stay registered.
+    """
+    channels = stack.shape[-1]
+    if focus_channel is None:
+        return luminance(stack)
+    if isinstance(focus_channel, (int, np.integer)) and not isinstance(focus_channel, bool):
+        if not -channels <= focus_channel < channels:
+            raise MfifError(
+                f"focus channel {focus_channel} does not exist; the stack has {channels} "
+                f"channel{'s' if channels != 1 else ''} (0 to {channels - 1})"
+            )
+        return np.ascontiguousarray(stack[..., focus_channel])
+    try:
+        weights = np.asarray(focus_channel, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        weights = np.empty(0)
+    if weights.shape != (channels,) or not np.isfinite(weights).all() or (weights < 0).any() \
+            or weights.sum() <= 0:
+        raise MfifError(
+            f"focus_channel must be a channel number or {channels} non-negative weights, one "
+            f"per channel; got {focus_channel!r}"
+        )
+    weights = (weights / weights.sum()).astype(stack.dtype)
+    return np.tensordot(stack, weights, axes=([-1], [0]))
+
+
+def channels_last(stack: Any, channel_axis: int | None) -> Any:
+    """``stack`` with its channel axis moved last (numpy or dask; no copy); ``None`` leaves
+    it as it is ((Z, Y, X) grey or (Z, Y, X, C)). The slices are then the first axis: the
+    first one that is not the channel axis (so (C, Z, Y, X) works too)."""
+    if channel_axis is None:
+        return stack
+    if isinstance(stack, (list, tuple)) or not hasattr(stack, "ndim"):
+        raise MfifError("channel_axis needs the stack as one array, not a list of slices")
+    if stack.ndim != 4:
+        raise MfifError(
+            f"channel_axis={channel_axis} needs a 4-D stack (Z, C, Y, X) or (Z, Y, X, C); "
+            f"this one has shape {_shape_str(stack.shape)}"
+        )
+    if not isinstance(channel_axis, (int, np.integer)) or not -4 <= channel_axis < 4:
+        raise MfifError(f"channel_axis must be an axis of the 4-D stack (0 to 3), got {channel_axis!r}")
+    return np.moveaxis(stack, channel_axis, -1)
+
+
+def blend_with(stack: np.ndarray, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """:func:`blend` then back to ``dtype``: what a fusion's weights make of another stack."""
+    return to_dtype(blend(stack, weights.astype(stack.dtype, copy=False)), dtype)
+
+
 def to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Cast a float result back to ``dtype``: integers are rounded and clipped to their
     range; floats are cast. No rescaling."""
