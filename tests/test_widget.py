@@ -153,10 +153,10 @@ def test_widget_reports_progress_per_slice(make_napari_viewer, qtbot):
     s = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint8, seed=1)
     viewer.add_image(s.stack, name="s")
     widget = open_widget(viewer, FUSE)
-    steps = []
     widget.run()
-    widget.job._relay.progressed.connect(lambda done, total: steps.append((done, total)))
+    job = widget.job  # it records the progress it shows, from before the worker starts
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    steps = job.steps
     assert steps and steps[-1][0] == steps[-1][1] == 8  # tenengrad nway: 2 steps per slice
     assert [d for d, _ in steps] == sorted(d for d, _ in steps)
 
@@ -328,3 +328,31 @@ def test_the_scripted_example_of_the_docs(make_napari_viewer, tmp_path):
     back = mio.read_physical_scale(tmp_path / "fused.tif")
     assert back.scale == (0.5, 0.5) and back.units == ("µm", "µm")
     assert np.array_equal(mio.read_image(tmp_path / "fused.tif"), fused.data)
+
+
+def test_widget_applies_the_decision_to_other_channels_and_aligns(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    big = focal_stack(cells_image((180, 180), seed=3), n_slices=5, shape=(180, 180),
+                      dtype=np.uint16, seed=3)
+    drift = [(0, 0), (3, 1), (6, 2), (9, 3), (12, 4)]
+    window = [big.stack[k, 10 + dy:140 + dy, 10 + dx:140 + dx] for k, (dy, dx) in enumerate(drift)]
+    dapi = viewer.add_image(np.stack(window), name="dapi", scale=(2.0, 0.5, 0.5))
+    other = viewer.add_image((np.stack(window) // 3).astype(np.uint16), name="gfp",
+                             scale=(2.0, 0.5, 0.5), colormap="green")
+    widget = open_widget(viewer, FUSE)
+    widget.image.value = dapi
+    assert [c for c in widget.apply_to.choices] == [other]
+    widget.apply_to.value = [other]
+    widget.align.value = "translation"
+    run_and_wait(qtbot, widget)
+    fused, gfp = viewer.layers["dapi fused"], viewer.layers["gfp fused"]
+    assert fused.data.shape == gfp.data.shape and fused.data.shape[0] < 130  # cropped
+    # the same decision (and alignment) on both channels: gfp is dapi // 3, fused alike
+    assert np.abs(gfp.data.astype(int) - fused.data.astype(int) // 3).max() <= 1
+    # the crop sits where it was cut from, in world coordinates, and the shifts are reported
+    alignment = fused.metadata["napari_mfif"]["alignment"]
+    y0, _, x0, _ = alignment["box"]
+    assert tuple(fused.translate) == tuple(gfp.translate) == (y0 * 0.5, x0 * 0.5)
+    assert abs(alignment["shifts"][4][0] + 6) < 0.5  # slice 4 vs the reference, slice 2
+    assert "aligned 5 slices" in alignment["report"]
+    assert gfp.colormap.name == "green"

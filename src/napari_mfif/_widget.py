@@ -319,12 +319,39 @@ class FuseWidget(_LayerJobWidget):
                                    tooltip="distance between slices in the layer's units; "
                                            "0 = take the layer's z scale")
         self.add_weights = CheckBox(value=False, text="add each slice's weights (decision maps)")
-        self._finish_layout([self.z_step, self.mode, self.add_weights])
+        self.align = ComboBox(choices=["off", "translation", "similarity"], value="off",
+                              label="align slices",
+                              tooltip="register the slices first (stage drift; similarity also "
+                                      "corrects focus breathing); the result is cropped to "
+                                      "what every slice covers")
+        self.apply_to = Select(choices=self._other_stacks, label="apply to",
+                               tooltip="other stack layers of the same shape (other channels) "
+                                       "fused with this layer's decision, so they stay registered")
+        self._finish_layout([self.z_step, self.mode, self.align, self.apply_to,
+                             self.add_weights])
+        self.image.changed.connect(lambda _: self.apply_to.reset_choices())
 
     def _method_changed(self, method: str) -> None:
         super()._method_changed(method)
         if hasattr(self, "mode"):
             self.mode.choices = list(get_method(method).modes)
+
+    def _source_changed(self, value: str) -> None:
+        super()._source_changed(value)
+        if hasattr(self, "apply_to"):
+            self.apply_to.visible = value == STACK
+
+    def _other_stacks(self, _widget=None):
+        chosen = self.image.value if hasattr(self, "image") else None
+        shape = None if chosen is None else chosen.data.shape[:chosen.ndim]
+        return [(layer.name, layer) for layer in self._image_layers()
+                if layer is not chosen and layer.ndim >= 3
+                and layer.data.shape[:layer.ndim] == shape]
+
+    def _layers_changed(self, _event=None) -> None:
+        super()._layers_changed()
+        if hasattr(self, "apply_to"):
+            self.apply_to.reset_choices()
 
     def _prepare(self):
         from ._api import fuse
@@ -336,15 +363,28 @@ class FuseWidget(_LayerJobWidget):
         stack, geometry, first = _layers._source(source, self.z_axis.value, z_step)
         limits = None if first.rgb else first.contrast_limits
         mode, device, weights = self.mode.value, self.device.value, self.add_weights.value
+        align = None if self.align.value == "off" else self.align.value
+        others = list(self.apply_to.value) if self.source.value == STACK else []
+        z_axis = self.z_axis.value
+        other_stacks = [_layers.stack_from_layer(layer, z_axis)[0] for layer in others]
         get_method(method).resolve_params(params)  # bad values are reported before the run
 
         def work(progress):
-            return fuse(stack, method=method, mode=mode, device=device, progress=progress,
-                        return_weights=weights, **params)
+            from ._api import apply_fusion
 
-        def on_result(result):
-            _layers.put_layers(self.viewer, _layers.result_layer_data(
-                result, geometry, contrast_limits=limits))
+            result = fuse(stack, method=method, mode=mode, device=device, progress=progress,
+                          return_weights=weights or bool(others), align=align, **params)
+            applied = [apply_fusion(other, result) for other in other_stacks]
+            if not weights:
+                result.weights = None
+            return result, applied
+
+        def on_result(outcome):
+            result, applied = outcome
+            data = _layers.result_layer_data(result, geometry, contrast_limits=limits)
+            data += [_layers.applied_layer_data(image, layer, result, geometry)
+                     for image, layer in zip(applied, others)]
+            _layers.put_layers(self.viewer, data)
             from napari.utils.notifications import show_info
 
             show_info(f"{self.title}: fused {geometry.name!r} with {result.method} "

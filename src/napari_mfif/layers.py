@@ -156,9 +156,14 @@ def result_layer_data(result: "FusionResult", geometry: Geometry, *,
     """The layers of a fusion: fused image, height map in slices, height in physical units
     (when the z step is known) and each slice's weights (when the result has them)."""
     z = int(result.weights.shape[0]) if result.weights is not None else None
+    geometry = aligned_geometry(geometry, result.alignment)
     name = geometry.name
     info = {"source": name, "method": result.method, "mode": result.mode,
             "device": result.device, "params": result.params}
+    if result.alignment is not None:
+        a = result.alignment
+        info["alignment"] = {"box": tuple(int(v) for v in a.box), "shifts": a.shifts.tolist(),
+                             "scales": a.scales.tolist(), "report": a.report()}
     common = geometry.common()
     fused_kwargs: dict[str, Any] = {"name": f"{name} fused", "metadata": {"napari_mfif": info},
                                     **common}
@@ -193,6 +198,33 @@ def result_layer_data(result: "FusionResult", geometry: Geometry, *,
             kwargs["units"] = (geometry.z_unit or "pixel", *geometry.units)
         out.append((result.weights, kwargs, "image"))
     return out
+
+
+def aligned_geometry(geometry: Geometry, alignment: Any) -> Geometry:
+    """Where an aligned (cropped) result sits: its crop box offset added to the translate."""
+    if alignment is None:
+        return geometry
+    y0, _, x0, _ = alignment.box
+    sy, sx = geometry.scale
+    ty, tx = geometry.translate
+    return Geometry(geometry.name, geometry.scale, (ty + y0 * sy, tx + x0 * sx), geometry.units,
+                    geometry.z_step, geometry.z_origin, geometry.z_unit)
+
+
+def applied_layer_data(image: np.ndarray, layer: Any, result: "FusionResult",
+                       geometry: Geometry) -> LayerDataTuple:
+    """A layer for another stack (another channel) fused with ``result``'s decision."""
+    geometry = aligned_geometry(geometry, result.alignment)
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    kwargs: dict[str, Any] = {
+        "name": f"{layer.name} fused", "rgb": rgb, **geometry.common(),
+        "metadata": {"napari_mfif": {"source": layer.name, "decision_from": geometry.name,
+                                     "method": result.method, "mode": result.mode}},
+    }
+    if not rgb:
+        kwargs["contrast_limits"] = tuple(float(c) for c in layer.contrast_limits)
+        kwargs["colormap"] = layer.colormap.name
+    return (image, kwargs, "image")
 
 
 def pair_layer_data(maps: "PairMaps", geometry: Geometry, slice_a: int,
