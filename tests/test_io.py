@@ -8,7 +8,8 @@ import tifffile
 from PIL import Image
 
 from napari_mfif import MfifError
-from napari_mfif.io import read_image, read_stack, write_image
+from napari_mfif._reader import napari_get_reader
+from napari_mfif.io import read_image, read_lazy, read_physical_scale, read_stack, write_image
 
 
 def test_multipage_tiff_stack_round_trip(tmp_path):
@@ -131,3 +132,107 @@ def test_written_file_has_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- layouts of stacks whose shape alone is ambiguous ----------------------------------------
+
+@pytest.mark.parametrize("channels", [2, 5, 16])
+def test_multichannel_stack_is_one_page_of_channels_per_slice(tmp_path, channels):
+    stack = np.random.default_rng(6).integers(0, 60000, (3, 10, 12, channels), dtype=np.uint16)
+    path = write_image(tmp_path / "zyxc.tif", stack)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 3 and tif.pages[0].shape == (10, 12, channels)
+        assert tif.series[0].axes == "ZYXS"
+    assert np.array_equal(read_image(path), stack)
+    assert np.array_equal(read_stack(path), stack)
+    lazy = read_lazy(path)
+    assert lazy.chunksize == (1, 10, 12, channels) and np.array_equal(lazy.compute(), stack)
+
+
+def test_multichannel_stack_keeps_its_scale(tmp_path):
+    stack = np.random.default_rng(7).integers(0, 60000, (3, 10, 12, 2), dtype=np.uint16)
+    path = write_image(tmp_path / "zyxc.tif", stack, scale=(2.0, 0.5, 0.25), unit="µm")
+    assert np.array_equal(read_image(path), stack)
+    scale, units = read_physical_scale(path)  # the channel axis has no size
+    assert scale == (2.0, 0.5, 0.25, 1.0) and units == ("µm", "µm", "µm", "pixel")
+
+
+@pytest.mark.parametrize("shape", [(4, 20, 8), (3, 10, 3), (3, 10, 4), (2, 10, 16), (5, 6, 2)])
+def test_stack_with_few_columns_is_written_as_slices_when_said(tmp_path, shape):
+    stack = np.random.default_rng(8).integers(0, 60000, shape, dtype=np.uint16)
+    path = write_image(tmp_path / "zyx.tif", stack, stack=True)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == shape[0] and tif.pages[0].shape == shape[1:]
+    assert np.array_equal(read_image(path), stack)
+    assert np.array_equal(read_lazy(path).compute(), stack)
+    # unsaid, the array is taken for one (Y, X, C) image, as before
+    path = write_image(tmp_path / "yxc.tif", stack)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1
+    assert np.array_equal(read_image(path), stack)
+
+
+def test_stack_with_few_columns_keeps_its_scale(tmp_path):
+    stack = np.random.default_rng(9).integers(0, 60000, (4, 20, 8), dtype=np.uint16)
+    path = write_image(tmp_path / "zyx.tif", stack, scale=(2.0, 0.5, 0.25), unit="µm",
+                       stack=True)
+    assert np.array_equal(read_image(path), stack)
+    assert read_physical_scale(path) == ((2.0, 0.5, 0.25), ("µm",) * 3)
+
+
+def test_single_channel_stack_is_written_as_grey_slices(tmp_path):
+    stack = np.arange(3 * 10 * 8, dtype=np.uint16).reshape(3, 10, 8, 1)
+    path = write_image(tmp_path / "zyx1.tif", stack)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 3 and tif.pages[0].shape == (10, 8)
+    assert np.array_equal(read_image(path), stack[..., 0])
+
+
+def test_stack_keyword_takes_stacks_only(tmp_path):
+    with pytest.raises(MfifError, match="a stack is"):
+        write_image(tmp_path / "out.tif", np.zeros((8, 8), np.uint8), stack=True)
+    assert os.listdir(tmp_path) == []
+
+
+# -- inputs are only read --------------------------------------------------------------------
+
+def test_reading_leaves_read_only_inputs_untouched(tmp_path, monkeypatch):
+    import builtins
+
+    stack = np.random.default_rng(10).integers(0, 4095, (3, 20, 24), dtype=np.uint16)
+    tif = write_image(tmp_path / "stack.tif", stack, scale=(2.0, 0.5, 0.5), unit="µm")
+    png = tmp_path / "slice.png"
+    Image.fromarray(stack[0].astype(np.uint8)).save(png)
+    os.utime(tif, ns=(10**18, 10**18))  # a time the reading could not have set by chance
+    os.utime(png, ns=(10**18, 10**18))
+    # As root (CI containers), permissions do not stop writing: there the unchanged bytes
+    # and times, and the modes files are opened with, are what shows that nothing wrote.
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(file, mode="r", *args, **kwargs):
+        opened.append((os.fspath(file) if isinstance(file, (str, os.PathLike)) else file, mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    for path in (tif, png):
+        os.chmod(path, 0o444)
+    os.chmod(tmp_path, 0o555)
+    try:
+        before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in (tif, png)}
+        assert np.array_equal(read_image(tif), stack)
+        assert np.array_equal(read_stack(tif), stack)
+        assert np.array_equal(read_lazy(tif).compute(), stack)
+        assert read_physical_scale(tif).scale == (2.0, 0.5, 0.5)
+        [(data, _, _)] = napari_get_reader(str(tif))(str(tif))
+        assert np.array_equal(data.compute(), stack)
+        assert read_image(png).shape == (20, 24) and read_stack([png, png]).shape == (2, 20, 24)
+        assert read_physical_scale(png).scale == (1.0, 1.0)
+        after = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in (tif, png)}
+        assert after == before
+        assert sorted(os.listdir(tmp_path)) == ["slice.png", "stack.tif"]  # no lock files
+    finally:
+        os.chmod(tmp_path, 0o755)
+    inputs = {os.fspath(tif), os.fspath(png)}
+    modes = {mode for file, mode in opened if file in inputs}
+    assert modes and all(set(mode) <= set("rb") for mode in modes), modes

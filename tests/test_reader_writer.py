@@ -342,3 +342,15 @@ def test_samples_open_in_the_viewer(make_napari_viewer, key, dtype, shape, rgb):
     depth = layer.metadata["napari_mfif"]["true_depth"]
     assert truth.dtype == dtype and truth.shape == shape[1:]
     assert depth.shape == shape[1:3] and 0 <= depth.min() and depth.max() <= shape[0] - 1
+
+
+def test_writer_keeps_a_narrow_stack_a_stack(tmp_path):
+    # a (Z, Y, X) layer with X <= 16 is not a multichannel image
+    from napari_mfif._writer import write_tiff
+    from napari_mfif.io import read_image, read_physical_scale
+
+    data = np.arange(3 * 20 * 8, dtype=np.uint16).reshape(3, 20, 8)
+    (path,) = write_tiff(str(tmp_path / "narrow.tif"), data,
+                         {"scale": (2.0, 0.5, 0.5), "units": ("µm",) * 3, "rgb": False})
+    assert np.array_equal(read_image(path), data)
+    assert read_physical_scale(path).scale == (2.0, 0.5, 0.5)

@@ -58,7 +58,8 @@ def write_tiff(path: str, data, meta: dict) -> list[str]:
     n_axes = image.ndim - rgb  # napari's scale and units have no entry for an RGB axis
     layer_scale = tuple(float(s) for s in meta.get("scale", (1.0,) * n_axes))
     layer_units = meta.get("units") or ("pixel",) * n_axes
-    _, axes = tiff_layout(image)
+    stack = image.ndim == 3 and not rgb  # a (Z, Y, X) layer, however narrow
+    _, axes = tiff_layout(image, stack=stack)
     if rgb and not axes.endswith("S"):
         axes = ""
     layer_axes = axes[:-1] if rgb else axes  # a channels-last "S" has a napari axis
@@ -77,7 +78,7 @@ def write_tiff(path: str, data, meta: dict) -> list[str]:
             "stores it for 2-D images and (Z, Y, X) stacks, grey or RGB", stacklevel=2,
         )
     try:
-        write_image(target, image, scale=scale, unit=unit)
+        write_image(target, image, scale=scale, unit=unit, stack=stack)
     except MfifError as exc:
         raise _refusal(str(exc)) from None
     return [str(target)]

@@ -295,7 +295,7 @@ def _cmd_sample(args) -> int:
     io.check_output(args.output, overwrite=args.overwrite, dtype="uint16")
     sample = sample_stack()
     path = io.write_image(args.output, sample.stack, overwrite=args.overwrite,
-                          scale=SAMPLE_SCALE, unit="µm")
+                          scale=SAMPLE_SCALE, unit="µm", stack=True)
     z, y, x = sample.stack.shape
     print(f"sample focal stack ({z} slices of {y}x{x} uint16): {path.resolve()}")
     return EXIT_OK

@@ -14,8 +14,13 @@ scale=...)``), in micrometres where the file names a unit of length.
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import os
+import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -24,10 +29,39 @@ import numpy as np
 from ._errors import MfifError
 from .stack import MAX_CHANNELS, as_stack
 
+
+@contextmanager
+def _quiet_tifffile():
+    """Hold back tifffile's own log lines (e.g. "invalid offset to first page") while we
+    read: a damaged file is reported once, in our sentence, not twice."""
+    log = logging.getLogger("tifffile")
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
+def _quiet(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with _quiet_tifffile():
+            return function(*args, **kwargs)
+    return wrapper
+
+
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 #: output extension -> format name; TIFF takes any dtype, the others 8-bit only
 _FORMATS = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+#: The most image data can shrink in a TIFF, by compression code: not at all uncompressed,
+#: 1032 to 1 with deflate, 128 to 1 with PackBits, about 7000 to 1 with LZMA (all zeros);
+#: other codecs get _MAX_RATIO_OTHER, above what blank images reach. A header declaring
+#: more image data than that is damaged, and its data is not allocated.
+_MAX_COMPRESSION_RATIO = {1: 1, 8: 1100, 32946: 1100, 50013: 1100, 32773: 130, 34925: 10_000}
+_MAX_RATIO_OTHER = 2**16
 
 
 def _open_check(path: Path) -> None:
@@ -35,6 +69,8 @@ def _open_check(path: Path) -> None:
         raise MfifError(f"input file not found: {path}")
     if path.is_dir():
         raise MfifError(f"input is a directory, not an image file: {path}")
+    if not path.is_file():  # a pipe would block the reading, a device never end it
+        raise MfifError(f"input is not a regular file: {path}")
     if not os.access(path, os.R_OK):
         raise MfifError(f"input file is not readable (permission denied): {path}")
 
@@ -45,15 +81,84 @@ def is_tiff(path: str | os.PathLike) -> bool:
         return f.read(4) in _TIFF_MAGIC
 
 
+def _open_tiff(path: Path):
+    """``tifffile.TiffFile(path)``, once its chain of image directories (IFDs) is known to
+    end: tifffile follows a chain that loops back for ever (it looks for loops only among
+    the first 100 IFDs, and not when a series is built page by page).
+
+    Raises
+    ------
+    MfifError
+        If the chain loops back to an IFD it passed.
+    """
+    import tifffile
+
+    with open(path, "rb", buffering=0) as f:  # a few bytes per IFD, read as they are
+        size = os.fstat(f.fileno()).st_size
+        header = f.read(8)
+        order = "<" if header[:2] == b"II" else ">"
+        # entry count, offset: 2 and 4 bytes in TIFF, 8 and 8 in BigTIFF (its header is 16)
+        count, offset, entry = ("Q", "Q", 20) if header[2:4] in (b"+\x00", b"\x00+") else (
+            "H", "I", 12)
+        count, offset = struct.Struct(order + count), struct.Struct(order + offset)
+
+        def read(what: struct.Struct, at: int) -> int:
+            f.seek(at)
+            data = f.read(what.size)
+            return what.unpack(data)[0] if len(data) == what.size else 0
+
+        ifd, seen = read(offset, 4 if offset.size == 4 else 8), set()
+        while 0 < ifd < size:  # tifffile reports where else the chain ends
+            if ifd in seen:
+                raise MfifError(f"cannot read TIFF file {path}: it is damaged (its chain of "
+                                f"image directories loops back to byte {ifd})")
+            seen.add(ifd)
+            ifd = read(offset, ifd + count.size + read(count, ifd) * entry)
+    return tifffile.TiffFile(path)
+
+
+def _first_series(path: Path, tif):
+    """The first image series of an open TIFF file (the image :func:`read_image` returns)."""
+    if not tif.series:
+        raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
+    return tif.series[0]
+
+
+@_quiet
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file (any page count for TIFF) into a numpy array, by content."""
+    """Read one image file (any page count for TIFF) into a numpy array, by content.
+
+    The file is only read. A damaged file ends in a clear error before its pixels are
+    decoded where the damage shows in its header: a TIFF whose chain of image directories
+    loops, whose strips or tiles run past the end of the file or are missing, or whose
+    header declares more image data than the file could hold or memory take.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A TIFF or BigTIFF file (the first series, length-1 axes dropped, as tifffile
+        reads it), or any image Pillow reads.
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    MfifError
+        If the file is missing, not a regular file, unreadable, damaged or not an image,
+        with a one-sentence reason.
+    """
     path = Path(path)
     _open_check(path)
     if is_tiff(path):
-        import tifffile
-
         try:
-            array = tifffile.imread(path)
+            with _open_tiff(path) as tif:  # what tifffile.imread does, checked first
+                series = _first_series(path, tif)
+                _check_tiff_series(path, series)
+                array = tif.asarray()
+        except MfifError:
+            raise
         except Exception as exc:  # tifffile raises many types for damaged files
             raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
         if array is None or np.asarray(array).size == 0:
@@ -62,7 +167,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f, Image.open(_ClampedReads(f)) as im:
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -72,13 +177,38 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise MfifError(
             f"cannot read {path}: not a TIFF and not an image format Pillow recognises"
         ) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
+        raise MfifError(
+            f"cannot read image file {path}: it declares more pixels than Pillow opens "
+            f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
+        ) from None
+    except Exception as exc:  # Pillow raises many types for damaged files
         raise MfifError(f"cannot read image file {path}: {_first_line(exc)}") from None
     if array.dtype == np.int32 and array.size and array.min() >= 0 and array.max() < 65536:
         array = array.astype(np.uint16)  # Pillow's "I" mode for 16-bit PNGs
     return array
 
 
+class _ClampedReads:
+    """A binary file whose reads never ask for more bytes than are left in it.
+
+    Pillow reads a chunk of the length the file declares, and Python allocates that
+    length before it reads: a damaged length would allocate gigabytes for a small file.
+    """
+
+    def __init__(self, file):
+        self._file = file
+        self._size = os.fstat(file.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self._size - self._file.tell(), 0)
+        return self._file.read(left if size is None or size < 0 else min(size, left))
+
+    def __getattr__(self, name):  # seek, tell, ...
+        return getattr(self._file, name)
+
+
+@_quiet
 def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
     """Read a focal stack: one multi-page TIFF (slices along the first axis, optional RGB
     last), or two or more image files taken as slices in the given order.
@@ -178,6 +308,7 @@ def _micrometres_per(unit) -> float | None:
     return _MICROMETRES.get(name)
 
 
+@_quiet
 def read_physical_scale(path: str | os.PathLike) -> PhysicalScale:
     """The physical pixel size stored in an image file, per axis of its array.
 
@@ -206,16 +337,19 @@ def read_physical_scale(path: str | os.PathLike) -> PhysicalScale:
     return _tiff_info(path).physical
 
 
+@_quiet
 def _tiff_info(path: Path) -> _TiffInfo:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+        with _open_tiff(path) as tif:
+            series = _first_series(path, tif)
             axes, shape = series.axes, tuple(series.shape)
             rgb = (series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB
                    and axes.endswith("S") and shape[-1] in (3, 4))
             sizes = _tiff_pixel_sizes(tif)
+    except MfifError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
     scale, units = [], []
@@ -303,6 +437,7 @@ def _ome_pixels(tif) -> dict[str, str]:
 
 # -- lazy reading ----------------------------------------------------------------------------
 
+@_quiet
 def read_lazy(path: str | os.PathLike):
     """A TIFF file's image as a dask array that reads its pages on demand.
 
@@ -311,8 +446,10 @@ def read_lazy(path: str | os.PathLike):
     decodes only the pages it covers. A series stored as one contiguous block described by
     its first page (an ImageJ hyperstack over 4 GB, for instance) is read by byte offset,
     one page-sized chunk at a time; any other layout becomes a single chunk. Damage that
-    shows without decoding (a truncated file, a compression that needs the ``imagecodecs``
-    package) is reported here, not when a slice is first shown.
+    shows without decoding (a truncated file, a looping chain of image directories, missing
+    strips, a header declaring more than the file holds, a compression that needs the
+    ``imagecodecs`` package) is reported here, not when a slice is first shown, and so is a
+    chunk too large for the memory available.
 
     Parameters
     ----------
@@ -329,59 +466,42 @@ def read_lazy(path: str | os.PathLike):
         raise MfifError(f"cannot read {path} lazily: it is not a TIFF file (use read_image)")
     import dask
     import dask.array as da
-    import tifffile
-
-    def truncated(what: str) -> MfifError:
-        return MfifError(f"cannot read TIFF file {path}: it is truncated ({what} runs past "
-                         "the end of the file)")
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+        with _open_tiff(path) as tif:
+            series = _first_series(path, tif)
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
             page_shape = tuple(series.keyframe.shape)
-            compression = series.keyframe.compression
             pages = list(series)
             locations = []  # (file, offset of the page's IFD)
-            for index, page in enumerate(pages):
+            for page in pages:
                 if page is None:
                     break
-                file = os.fspath(page.parent.filehandle.path)
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-                if ends and max(ends) > os.path.getsize(file):
-                    raise truncated(f"the data of page {index}")
-                locations.append((file, page.offset))
-            n_pages, rest = divmod(int(np.prod(shape)), max(int(np.prod(page_shape)), 1))
+                locations.append((os.fspath(page.parent.filehandle.path), page.offset))
+            n_pages, rest = divmod(math.prod(shape), max(math.prod(page_shape), 1))
             pages_fit = not rest and shape[len(shape) - len(page_shape):] == page_shape
             plain = getattr(series, "transform", None) is None
             one_page_per_chunk = (pages_fit and plain and len(locations) == len(pages) == n_pages
                                   and not getattr(series, "is_truncated", False))
             block = None if one_page_per_chunk or not plain else series.dataoffset
             stored = dtype.newbyteorder(tif.byteorder)
+            chunked = one_page_per_chunk or (block is not None and pages_fit)
+            _check_tiff_series(path, series, page_shape if chunked else None, pages)
     except MfifError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files
         raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
-    if compression != 1:
-        try:
-            tifffile.TIFF.DECOMPRESSORS[compression]
-        except KeyError:
-            name = getattr(compression, "name", compression)
-            raise MfifError(
-                f"cannot read TIFF file {path}: its {name} compression needs the imagecodecs "
-                "package (pip install imagecodecs)"
-            ) from None
-    if not int(np.prod(shape)):
+    if not math.prod(shape):
         raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
 
     if one_page_per_chunk:
         read = dask.delayed(_read_tiff_page)
         tasks = [read(file, offset, page_shape) for file, offset in locations]
     elif block is not None:
-        if block + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
-            raise truncated("the image data")
+        if block + math.prod(shape) * dtype.itemsize > path.stat().st_size:
+            raise _truncated(path, "the image data")
         read = dask.delayed(_read_tiff_bytes)
-        page_bytes = int(np.prod(page_shape)) * dtype.itemsize
+        page_bytes = math.prod(page_shape) * dtype.itemsize
         if pages_fit:
             tasks = [read(os.fspath(path), block + i * page_bytes, page_shape, stored.str)
                      for i in range(n_pages)]
@@ -395,6 +515,7 @@ def read_lazy(path: str | os.PathLike):
     return da.stack(chunks).reshape(shape)
 
 
+@_quiet
 def _read_tiff_page(file: str, offset: int, shape: tuple[int, ...]) -> np.ndarray:
     """Decode the TIFF page whose IFD starts at ``offset`` in ``file``: one chunk of
     :func:`read_lazy`."""
@@ -403,8 +524,14 @@ def _read_tiff_page(file: str, offset: int, shape: tuple[int, ...]) -> np.ndarra
     try:
         with tifffile.TiffFile(file) as tif:
             tif.filehandle.seek(offset)
-            data = tifffile.TiffPage(tif, index=0).asarray()
+            page = tifffile.TiffPage(tif, index=0)
+            if math.prod(page.shape) != math.prod(shape):  # not decoded: it may be huge
+                raise MfifError(f"cannot read TIFF file {file}: its page at byte {offset} has "
+                                f"shape {page.shape}, not {shape} as the first page")
+            data = page.asarray()
         return data.reshape(shape)
+    except MfifError:
+        raise
     except Exception as exc:
         raise MfifError(
             f"cannot read the page at byte {offset} of TIFF file {file}: {_first_line(exc)}"
@@ -414,7 +541,7 @@ def _read_tiff_page(file: str, offset: int, shape: tuple[int, ...]) -> np.ndarra
 def _read_tiff_bytes(file: str, offset: int, shape: tuple[int, ...], stored: str) -> np.ndarray:
     """Read uncompressed image data of dtype ``stored`` (with its byte order) at ``offset``:
     one chunk of :func:`read_lazy` for a contiguous series."""
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     data = np.fromfile(file, dtype=stored, count=count, offset=offset)
     if data.size != count:
         raise MfifError(f"cannot read TIFF file {file}: it ends inside the image data")
@@ -424,12 +551,93 @@ def _read_tiff_bytes(file: str, offset: int, shape: tuple[int, ...], stored: str
 def _read_tiff_series(file: str, shape: tuple[int, ...]) -> np.ndarray:
     """Read a TIFF file's first series at once: the single chunk of :func:`read_lazy` when
     its pages do not map one to one onto chunks."""
-    return read_image(file).reshape(shape)
+    array = read_image(file)
+    if array.size != math.prod(shape):  # a damaged file that tifffile reads two ways
+        raise MfifError(f"cannot read TIFF file {file}: it is damaged (its pages hold "
+                        f"{array.size} values, not the {math.prod(shape)} its header declares)")
+    return array.reshape(shape)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _check_tiff_series(path: Path, series, chunk_shape: tuple[int, ...] | None = None,
+                       pages: list | None = None) -> None:
+    """Refuse, before any pixel is decoded, a TIFF series whose compression cannot be
+    decoded, whose header declares more image data than the file can hold (see
+    ``_MAX_COMPRESSION_RATIO``), or whose ``chunk_shape`` (all of it by default) would not
+    fit in the memory available: a damaged header must not make us allocate gigabytes.
+
+    ``pages`` are the series' pages where the caller has them; without them, a series that
+    tifffile reads as one block is checked without loading its pages."""
+    import tifffile
+
+    keyframe = series.keyframe
+    compression = int(keyframe.compression)
+    if compression != 1:
+        try:
+            tifffile.TIFF.DECOMPRESSORS[compression]
+        except KeyError as exc:
+            try:
+                name = f"{tifffile.COMPRESSION(compression).name} compression"
+            except ValueError:
+                name = f"compression code {compression}"
+            if "imagecodecs" in str(exc):
+                raise MfifError(f"cannot read TIFF file {path}: its {name} needs the imagecodecs "
+                                "package (pip install imagecodecs)") from None
+            raise MfifError(f"cannot read TIFF file {path}: its {name} is not one tifffile "
+                            "reads") from None
+    shape = tuple(int(n) for n in series.shape)
+    stored = -(-math.prod(shape) * int(keyframe.bitspersample) // 8)
+    block = series.dataoffset if pages is None else None
+    if block is not None:  # uncompressed, in one block: tifffile reads it at once
+        room = keyframe.parent.filehandle.size
+        if block + stored > room:  # not read: Python would allocate what is declared
+            raise _truncated(path, "the image data")
+    else:
+        segments = math.prod(keyframe.chunked)  # strips or tiles per page
+        files = {}
+        for index, page in enumerate(series if pages is None else pages):
+            if page is None:
+                continue
+            size = files.setdefault(id(page.parent), page.parent.filehandle.size)
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:  # as above
+                raise _truncated(path, f"the data of page {index}")
+            if len(page.dataoffsets) < segments:  # tifffile would go through all it declares
+                raise MfifError(f"cannot read TIFF file {path}: it is damaged (page {index} "
+                                f"lists {len(page.dataoffsets)} of the {segments} strips or "
+                                "tiles its size needs)")
+        room = sum(files.values()) or path.stat().st_size
+    if stored > room * _MAX_COMPRESSION_RATIO.get(compression, _MAX_RATIO_OTHER):
+        raise MfifError(
+            f"cannot read TIFF file {path}: it is damaged or truncated (its header declares "
+            f"{_byte_size(stored)} of image data, more than its {_byte_size(room)} can hold)"
+        )
+    from ._memory import available_bytes
+
+    needed = math.prod(chunk_shape or shape) * np.dtype(series.dtype).itemsize
+    available = available_bytes()
+    if available is not None and needed > available:
+        raise MfifError(
+            f"cannot read TIFF file {path}: its image needs {_byte_size(needed)} of memory "
+            f"and only {_byte_size(available)} is available"
+        )
+
+
+def _truncated(path: Path, what: str) -> MfifError:
+    return MfifError(f"cannot read TIFF file {path}: it is truncated ({what} runs past the "
+                     "end of the file)")
+
+
+def _byte_size(n: int) -> str:
+    """``n`` bytes for people: "512 bytes", "3.6 MB", "68.7 GB"."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -468,19 +676,24 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False,
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False,
                 metadata: dict | None = None, scale: Sequence[float] | None = None,
-                unit: str | Sequence[str | None] | None = None) -> Path:
+                unit: str | Sequence[str | None] | None = None, stack: bool = False) -> Path:
     """Write ``image`` atomically to ``path`` in the format its extension names.
 
     TIFF keeps any dtype; PNG and JPEG take uint8 only (JPEG at quality 95). A (Y, X, 3|4)
     array is written as RGB(A). No rescaling is done. An existing file is kept unless
     ``overwrite=True``; on any failure no file is left behind.
 
+    A TIFF holds a stack as one page per slice: a (Z, Y, X, C) array as Z pages of C
+    interleaved channels (as OME-TIFF has them), which :func:`read_image` returns with the
+    same shape. A 3-D array whose last axis is at most 16 long is ambiguous: it is written
+    as one (Y, X, C) image unless ``stack=True``.
+
     Parameters
     ----------
     path : str or path-like
         The output file; its extension names the format.
     image : ndarray
-        (Y, X), (Y, X, C) or (Y, X, 3|4) RGB(A), (Z, Y, X) or (Z, Y, X, 3|4).
+        (Y, X), (Y, X, C) or (Y, X, 3|4) RGB(A), (Z, Y, X) or (Z, Y, X, C|3|4).
     overwrite : bool
         Replace an existing file.
     metadata : dict, optional
@@ -496,19 +709,26 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
         The unit of ``scale``, one for all axes or one per entry: a length such as "µm",
         "micron", "nm" or "mm" (stored in micrometres), or None or "pixel" for a size
         without a unit.
+    stack : bool
+        True if ``image`` is a stack, (Z, Y, X) or (Z, Y, X, C|3|4): its first axis is then
+        written as slices, one page each, however short its last axis is. Callers that know
+        they write a stack should say so; with False a 3-D array whose last axis is at most
+        16 long is taken for one image with that many channels.
     """
     image = np.asarray(image)
     path = check_output(path, overwrite=overwrite, dtype=image.dtype)
     fmt = output_format(path)
+    if stack and image.ndim not in (3, 4):
+        raise MfifError(f"a stack is (Z, Y, X) or (Z, Y, X, C), not shape {image.shape}")
     pixel_size = None
     if scale is not None:
         if fmt != "TIFF":
             raise MfifError(f"{fmt} files carry no pixel size here; write a .tif to keep it")
-        pixel_size = _tiff_pixel_size(_drop_single_channel(image), scale, unit, metadata)
+        pixel_size = _tiff_pixel_size(image, scale, unit, metadata, stack)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         os.close(fd)
-        _encode(tmp, image, fmt, metadata, pixel_size)
+        _encode(tmp, image, fmt, metadata, pixel_size, stack)
         with open(tmp, "rb+") as f:  # the bytes are on disk before the file gets its name
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -522,35 +742,58 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     return path
 
 
-def _drop_single_channel(image: np.ndarray) -> np.ndarray:
-    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+def _drop_single_channel(image: np.ndarray, stack: bool = False) -> tuple[np.ndarray, bool]:
+    """``image`` without a trailing length-1 channel axis, and whether it is a stack (a
+    (Z, Y, X, 1) array is one, and stays one as (Z, Y, X))."""
+    if image.ndim == 4 and image.shape[-1] == 1:
+        return image[..., 0], True
+    if image.ndim == 3 and image.shape[-1] == 1 and not stack:
+        return image[..., 0], False
+    return image, stack
 
 
-def tiff_layout(image: np.ndarray) -> tuple[dict, str]:
+def tiff_layout(image: np.ndarray, *, stack: bool = False) -> tuple[dict, str]:
     """How :func:`write_image` lays out ``image`` in a TIFF file.
 
-    Returns the tifffile keywords (photometric, planarconfig) and the meaning of the axes:
-    "YX", "YXS" (RGB or channels last, one page), "ZYX", "ZYXS" (one RGB page per slice),
-    or "" for other shapes, whose axes have no fixed meaning. A trailing length-1 channel
-    axis is written as grey.
+    Parameters
+    ----------
+    image : ndarray
+        The array to write.
+    stack : bool
+        True if the first axis of a 3-D ``image`` is Z (see :func:`write_image`).
+
+    Returns
+    -------
+    layout : dict
+        The tifffile keywords (photometric, planarconfig).
+    axes : str
+        The meaning of the written axes: "YX", "YXS" (RGB or channels last, one page),
+        "ZYX" (one page per slice), "ZYXS" (one RGB or multichannel page per slice), or ""
+        for other shapes, whose axes have no fixed meaning. A trailing length-1 channel
+        axis is written as grey and has no letter.
     """
-    image = _drop_single_channel(image)
+    image, stack = _drop_single_channel(image, stack)
+    channels = image.shape[-1] if image.ndim else 0
     if image.ndim == 2:
         return {"photometric": "minisblack"}, "YX"
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
+    if image.ndim == 3 and not stack and channels in (3, 4):
         return {"photometric": "rgb", "planarconfig": "contig"}, "YXS"
-    if image.ndim == 3 and image.shape[-1] <= MAX_CHANNELS:  # (Y, X, C): one page
+    if image.ndim == 3 and not stack and channels <= MAX_CHANNELS:  # (Y, X, C): one page
         return {"photometric": "minisblack", "planarconfig": "contig"}, "YXS"
     if image.ndim == 3:  # (Z, Y, X): a stack, one page per slice
         return {"photometric": "minisblack"}, "ZYX"
-    if image.ndim == 4 and image.shape[-1] in (3, 4):
-        return {"photometric": "rgb"}, "ZYXS"
+    if image.ndim == 4 and channels in (3, 4):
+        return {"photometric": "rgb", "planarconfig": "contig"}, "ZYXS"
+    if image.ndim == 4 and channels <= MAX_CHANNELS:  # (Z, Y, X, C): a page per slice
+        return {"photometric": "minisblack", "planarconfig": "contig"}, "ZYXS"
     return {"photometric": "minisblack"}, ""
 
 
-def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None) -> dict:
+def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None,
+                     stack: bool = False) -> dict:
     """The tifffile keywords that store ``scale`` (see :func:`write_image`)."""
-    layout, axes = tiff_layout(image)
+    layout, axes = tiff_layout(image, stack=stack)
+    image, _ = _drop_single_channel(image, stack)
     spatial = axes.replace("S", "")
     if not spatial:
         raise MfifError(
@@ -611,18 +854,20 @@ def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None) -> d
 
 
 def _encode(target: str, image: np.ndarray, fmt: str, metadata: dict | None,
-            pixel_size: dict | None = None) -> None:
-    image = _drop_single_channel(image)
-    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            pixel_size: dict | None = None, stack: bool = False) -> None:
     if fmt == "TIFF":
         import tifffile
 
         # Say how the axes are laid out: left alone, tifffile guesses from the shape and
         # stores e.g. a (3, Y, X) stack as one planar RGB image.
-        layout, _ = tiff_layout(image)
-        tifffile.imwrite(target, image, **layout,
-                         **(pixel_size or {"metadata": metadata or {}}))
+        layout, axes = tiff_layout(image, stack=stack)
+        image, _ = _drop_single_channel(image, stack)
+        if pixel_size is None:  # tifffile's description names the axes for readers
+            pixel_size = {"metadata": dict({"axes": axes} if axes else {}, **(metadata or {}))}
+        tifffile.imwrite(target, image, **layout, **pixel_size)
         return
+    image, _ = _drop_single_channel(image)
+    rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
     from PIL import Image
 
     if image.ndim not in (2, 3) or (image.ndim == 3 and not rgb):
