@@ -185,9 +185,23 @@ def read_weights(path: str | Path) -> dict:
 @lru_cache(maxsize=8)
 def _cached_net(path: str, mtime: float, device: str) -> FocusNet:
     blob = read_weights(path)
-    net = FocusNet(tuple(blob["channels"]), int(blob["fc"]))
     try:
-        net.load_state_dict(blob["state_dict"])
+        net = FocusNet(tuple(int(c) for c in blob["channels"]), int(blob["fc"]))
+    except (KeyError, TypeError, ValueError):
+        raise MfifError(f"{path} does not say which network its weights are for") from None
+    state = blob.get("state_dict")
+    if not isinstance(state, dict):
+        raise MfifError(f"{path} holds no network weights")
+    for key, tensor in net.state_dict().items():
+        if key not in state:
+            raise MfifError(f"weights in {path} do not fit the network: {key} is missing")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise MfifError(
+                f"weights in {path} do not fit the network: {key} has shape "
+                f"{tuple(state[key].shape)} where the network needs {tuple(tensor.shape)}"
+            )
+    try:
+        net.load_state_dict(state)
     except RuntimeError as exc:
         raise MfifError(f"weights in {path} do not fit the network: "
                         f"{str(exc).splitlines()[0]}") from None

@@ -55,6 +55,19 @@ HELP = {
 }
 
 
+#: the network judges 16 x 16 patches (focus.cnn.PATCH; not imported: that imports torch)
+PATCH = 16
+
+
+def check_size(h: int, w: int) -> None:
+    """Refuse slices smaller than one patch, which the network cannot judge."""
+    if h < PATCH or w < PATCH:
+        raise MfifError(
+            f"method 'cnn' judges {PATCH} x {PATCH} patches and these slices are {h} x {w} "
+            "pixels; use a classic method such as tenengrad for images this small"
+        )
+
+
 def normalise(gray: np.ndarray) -> np.ndarray:
     """Scale a (Z, Y, X) gray stack to about [0, 1] with one pair of percentiles."""
     lo, hi = np.percentile(gray, [0.1, 99.9])
@@ -102,6 +115,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
 
     if nway_rule not in ("soft", "hard"):
         raise MfifError(f"nway_rule must be 'soft' or 'hard', got {nway_rule!r}")
+    check_size(*gray.shape[1:])
     scorer = _scorer(arch, weights, device)
     dev = scorer.device
     g = normalise(gray)
@@ -149,6 +163,7 @@ def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, 
 
     from .decision import min_region_area
 
+    check_size(*a.shape)
     scorer = _scorer(arch, weights, device)
     g = normalise(np.stack([a, b]))
     h, w = a.shape
