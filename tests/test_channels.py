@@ -165,3 +165,50 @@ def test_cli_aligns_and_reports_the_shifts(tmp_path, capsys):
     dy, dx = (float(v.split()[1]) for v in line.split(":")[1].split(","))
     assert abs(dy + 8) < 0.5 and abs(dx + 4) < 0.5
     assert tifffile.imread(tmp_path / "f.tif").shape[0] < 130  # cropped to the common frame
+
+
+@pytest.mark.parametrize("frame, size", [("crop", (100, 110)), ("pad", (120, 130))])
+def test_slices_of_different_sizes_are_framed_then_aligned(frame, size):
+    s = focal_stack(n_slices=3, shape=(120, 130), dtype=np.uint8, seed=12)
+    slices = [s.stack[0], s.stack[1, 10:110, 10:120], s.stack[2]]  # centred crop in the middle
+    with pytest.raises(MfifError, match="align them"):
+        mf.fuse(slices)
+    res = mf.fuse(slices, align="translation", align_frame=frame)
+    assert res.image.dtype == np.uint8
+    assert res.image.shape[0] <= size[0] and res.image.shape[1] <= size[1]
+    assert np.abs(res.alignment.shifts).max() < 0.5  # centred frames already line up
+
+
+def test_cli_height_map_in_micrometres(tmp_path):
+    import tifffile
+
+    from napari_mfif.cli import main
+
+    s = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=13)
+    mf.write_image(tmp_path / "s.tif", s.stack, scale=(2.5, 0.5, 0.5), unit="µm", stack=True)
+    args = ["fuse", str(tmp_path / "s.tif"), "-o", str(tmp_path / "f.tif"), "-q"]
+    assert main(args + ["--height-map", str(tmp_path / "h.tif")]) == 0
+    assert main(args[:3] + [str(tmp_path / "f2.tif"), "-q", "--height-map",
+                            str(tmp_path / "hum.tif"), "--height-units", "um"]) == 0
+    slices, um = tifffile.imread(tmp_path / "h.tif"), tifffile.imread(tmp_path / "hum.tif")
+    assert np.allclose(um, slices * 2.5)
+    # no z step stored and none given: one sentence
+    tifffile.imwrite(tmp_path / "plain.tif", s.stack)
+    assert main(["fuse", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f3.tif"), "-q",
+                 "--height-map", str(tmp_path / "h3.tif"), "--height-units", "um"]) == 2
+    assert not (tmp_path / "f3.tif").exists()
+
+
+def test_cli_aligns_files_of_different_sizes(tmp_path):
+    from napari_mfif.cli import main
+
+    s = focal_stack(n_slices=3, shape=(120, 130), dtype=np.uint8, seed=12)
+    paths = []
+    for k, sl in enumerate([s.stack[0], s.stack[1, 10:110, 10:120], s.stack[2]]):
+        paths.append(tmp_path / f"z{k}.png")
+        mf.write_image(paths[-1], sl)
+    out = tmp_path / "f.png"
+    assert main(["fuse", *map(str, paths), "-o", str(out), "-q"]) == 2  # sizes differ
+    assert main(["fuse", *map(str, paths), "-o", str(out), "-q", "--align", "translation"]) == 0
+    h, w = mf.read_stack([out, out]).shape[1:]
+    assert 96 <= h <= 100 and 106 <= w <= 110  # the crop rule, less what alignment trims

@@ -159,6 +159,10 @@ def fuse(
             return_weights=return_weights, focus_channel=focus_channel, align=align,
             align_frame=align_frame, **resolved))
     stack = channels_last(stack, channel_axis)
+    if align is not None and isinstance(stack, (list, tuple)) and _sizes_differ(stack):
+        from .align import common_frame
+
+        stack = common_frame(stack, rule=align_frame)[0]  # centred; crop or pad, then aligned
     # before a dask array is computed or a list stacked: a stack that cannot fit in memory
     # is one sentence, not the process killed by the operating system
     check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
@@ -196,6 +200,11 @@ def fuse(
                  if return_weights and weights is not None else None),
         alignment=alignment,
     )
+
+
+def _sizes_differ(slices: Any) -> bool:
+    shapes = {tuple(getattr(s, "shape", ())) for s in slices}
+    return len(shapes) > 1 and all(len(shape) in (2, 3) for shape in shapes)
 
 
 def _fuse_over_time(stack: Any, time_axis: int, channel_axis: int | None,

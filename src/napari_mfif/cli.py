@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from . import __version__
 from ._errors import MfifError
 
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="nway: all slices at once (default); series: two at a time, in order")
     fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
                       help="also write the height map (float32 TIFF, slice units)")
+    fuse.add_argument("--height-units", default="slices", choices=("slices", "um"),
+                      help="the height map in slices (default, 0 = first slice) or in "
+                           "micrometres (needs the z step: from the TIFF, or --z-step)")
+    fuse.add_argument("--z-step", type=float, default=None, metavar="UM",
+                      help="distance between slices in micrometres (overrides the TIFF's)")
     fuse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="where to compute (default auto: a CUDA GPU when the method can use one)")
     fuse.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
@@ -199,6 +206,22 @@ def _layout(io, args) -> dict:
     return layout
 
 
+def _z_step_um(io, args) -> float:
+    """The distance between slices in micrometres: --z-step, else the input TIFF's."""
+    if args.z_step is not None:
+        if not args.z_step > 0:
+            raise MfifError(f"--z-step must be a positive number of micrometres, got {args.z_step}")
+        return float(args.z_step)
+    source = Path(args.inputs[0])
+    if len(args.inputs) == 1 and io.is_tiff(source):
+        axes = io._tiff_info(source).axes
+        scale, units = io.read_physical_scale(source)
+        if "Z" in axes and units is not None and units[axes.index("Z")] == "µm":
+            return float(scale[axes.index("Z")])
+    raise MfifError("the height map in um needs the z step, which the input does not store; "
+                    "give it with --z-step")
+
+
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
                     time_axis: int | None) -> tuple[int, ...]:
     """The (Z, Y, X[, C]) shape one fuse() call works on, for the memory check."""
@@ -254,14 +277,24 @@ def _cmd_fuse(args) -> int:
                    params=params)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
+    elif args.align and len(args.inputs) > 1:  # slices of different sizes are framed by fuse()
+        slices = [io.read_image(p) for p in args.inputs]
+        stack = slices if len({s.shape for s in slices}) > 1 else io.read_stack(args.inputs)
     else:
         stack = io.read_stack(args.inputs)
+    if isinstance(stack, list):
+        from .align import common_frame
+
+        stack = common_frame(stack, rule=args.align_frame)[0]
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device,
                   focus_channel=_focus_channel(args.focus_channel), align=args.align,
                   align_frame=args.align_frame, **layout, **params)
     pixel = _pixel_size(io, args.inputs[0], outputs[0])
-    images = [result.image] + ([result.index_map] if args.height_map else [])
+    height = result.index_map
+    if args.height_map and args.height_units == "um":
+        height = (height * _z_step_um(io, args)).astype(np.float32)
+    images = [result.image] + ([height] if args.height_map else [])
     written = []
     try:
         for path, image in zip(outputs, images):

@@ -240,7 +240,8 @@ def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.nda
         if slices and a.shape != slices[0].shape:
             raise MfifError(
                 f"{p} has shape {tuple(a.shape)} but {paths[0]} has {tuple(slices[0].shape)}; "
-                "all slices must have the same shape"
+                "all slices must have the same shape (or align them, which brings them to a "
+                "common frame)"
             )
         if slices and a.dtype != slices[0].dtype:
             raise MfifError(

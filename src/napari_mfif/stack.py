@@ -72,7 +72,8 @@ def _stack_from_slices(slices: Sequence[Any]) -> np.ndarray:
         if a.shape != first.shape:
             raise MfifError(
                 f"slice {i} has shape {_shape_str(a.shape)} but slice 0 has "
-                f"{_shape_str(first.shape)}; all slices must have the same shape"
+                f"{_shape_str(first.shape)}; all slices must have the same shape (or "
+                "align them, which brings them to a common frame)"
             )
         if a.dtype != first.dtype:
             raise MfifError(
