@@ -26,9 +26,10 @@ def registry_runs(extra_cnn_hard: bool = True) -> list[tuple[str, str]]:
     return runs
 
 
-def run(stack, method: str, mode: str):
+def run(stack, method: str, mode: str, **params):
     """``mf.fuse`` for one benchmark column, on the CPU; naive baselines for method
-    'mean' (average projection) and 'max' (maximum-intensity projection)."""
+    'mean' (average projection) and 'max' (maximum-intensity projection). ``params`` are
+    passed to the method (not to the baselines)."""
     if method in ("mean", "max"):
         from napari_mfif.stack import to_dtype
 
@@ -38,8 +39,8 @@ def run(stack, method: str, mode: str):
         return mf.FusionResult(image=proj, index_map=np.zeros(array.shape[1:3], np.float32),
                                method=method, mode="", device="cpu")
     if mode == "nway-hard":
-        return mf.fuse(stack, method=method, mode="nway", device="cpu", nway_rule="hard")
-    return mf.fuse(stack, method=method, mode=mode, device="cpu")
+        return mf.fuse(stack, method=method, mode="nway", device="cpu", nway_rule="hard", **params)
+    return mf.fuse(stack, method=method, mode=mode, device="cpu", **params)
 
 
 class Timer:
@@ -49,9 +50,9 @@ class Timer:
         self.seconds: dict = {}
         self.mpix: dict = {}
 
-    def fuse(self, key, stack, method, mode):
+    def fuse(self, key, stack, method, mode, **params):
         t0 = time.perf_counter()
-        res = run(stack, method, mode)
+        res = run(stack, method, mode, **params)
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
         n = len(stack) if isinstance(stack, list) else stack.shape[0]
         h, w = res.image.shape[:2]
