@@ -295,9 +295,9 @@ def noise_sigma(gray: np.ndarray) -> float:
 
 def _blur_wide(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing with a wide sigma, done on a block-averaged grid for speed."""
-    factor = max(1, int(sigma // 2))
     h, w = image.shape
-    if factor == 1 or min(h, w) < 4 * factor:
+    factor = max(1, min(int(sigma // 2), min(h, w) // 8))  # a grid of at least 8 x 8
+    if factor == 1:
         return ndi.gaussian_filter(image, sigma, mode="reflect")
     hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
     padded = np.pad(image, ((0, hp - h), (0, wp - w)), mode="edge")
