@@ -302,9 +302,23 @@ def _blur_wide(image: np.ndarray, sigma: float) -> np.ndarray:
     hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
     padded = np.pad(image, ((0, hp - h), (0, wp - w)), mode="edge")
     small = padded.reshape(hp // factor, factor, wp // factor, factor).mean(axis=(1, 3))
-    small = ndi.gaussian_filter(small, sigma / factor, mode="reflect")
-    big = ndi.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
-    return big[:h, :w].astype(image.dtype, copy=False)
+    small = ndi.gaussian_filter(small, sigma / factor, mode="reflect").astype(np.float32)
+    big = _linear_matrix(h, small.shape[0], factor) @ small @ _linear_matrix(w, small.shape[1], factor).T
+    return big.astype(image.dtype, copy=False)
+
+
+def _linear_matrix(n_out: int, n_in: int, factor: int) -> np.ndarray:
+    """(n_out, n_in) weights of linear interpolation from a grid of blocks of ``factor``
+    pixels back to the pixels (block centres at (k + 0.5) * factor - 0.5)."""
+    u = np.clip((np.arange(n_out) + 0.5) / factor - 0.5, 0, n_in - 1)
+    i0 = np.floor(u).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = (u - i0).astype(np.float32)
+    m = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    m[rows, i0] += 1 - frac
+    m[rows, i1] += frac
+    return m
 
 
 #: the widths (px) over which flat areas look for textured neighbours, nearest first
