@@ -193,7 +193,7 @@ def test_cli_height_map_in_micrometres(tmp_path):
     slices, um = tifffile.imread(tmp_path / "h.tif"), tifffile.imread(tmp_path / "hum.tif")
     assert np.allclose(um, slices * 2.5)
     # no z step stored and none given: one sentence
-    tifffile.imwrite(tmp_path / "plain.tif", s.stack)
+    tifffile.imwrite(tmp_path / "plain.tif", s.stack, photometric="minisblack")
     assert main(["fuse", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f3.tif"), "-q",
                  "--height-map", str(tmp_path / "h3.tif"), "--height-units", "um"]) == 2
     assert not (tmp_path / "f3.tif").exists()

@@ -211,7 +211,7 @@ def test_bad_input_is_left_to_the_input_checks(monkeypatch):
 
 def _tiff(tmp_path, shape=(6, 256, 256), dtype=np.uint16):
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.zeros(shape, dtype))
+    tifffile.imwrite(path, np.zeros(shape, dtype), photometric="minisblack")
     return path
 
 

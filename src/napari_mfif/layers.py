@@ -246,7 +246,8 @@ def put_layers(viewer: "napari.Viewer", data: Sequence[LayerDataTuple]) -> list:
     for array, kwargs, layer_type in data:
         name = kwargs["name"]
         old = viewer.layers[name] if name in viewer.layers else None
-        if old is not None and (old._type_string != layer_type or old.ndim != _ndim(array, kwargs)
+        if old is not None and (type(old).__name__.lower() != layer_type
+                                or old.ndim != _ndim(array, kwargs)
                                 or getattr(old, "rgb", False) != kwargs.get("rgb", False)):
             viewer.layers.remove(old)
             old = None
