@@ -244,14 +244,19 @@ def _read_everything(path) -> dict[str, str]:
     return outcomes
 
 
-def _check_case(path, data: bytes) -> None:
-    path.write_bytes(data)
+def _traced(function):
+    """``function()``'s result and the peak memory (bytes) Python allocated while it ran."""
     tracemalloc.start()
     try:
-        outcomes = _read_everything(path)
-        peak = tracemalloc.get_traced_memory()[1]
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _check_case(path, data: bytes) -> None:
+    path.write_bytes(data)
+    outcomes, peak = _traced(lambda: _read_everything(path))
     assert peak < MEMORY_LIMIT, f"reading a {len(data)}-byte file allocated {peak} bytes"
     for what, outcome in outcomes.items():  # pytest --hypothesis-show-statistics counts them
         event(f"{what}: {outcome}")
@@ -341,12 +346,7 @@ def test_header_declaring_gigabytes_in_a_small_file_is_refused_unallocated(tmp_p
     tifffile.imwrite(path, np.zeros((64, 64), np.uint8), photometric="minisblack",
                      compression="zlib", tile=tile)
     _patched(path, {"ImageWidth": 60000, "ImageLength": 60000})
-    tracemalloc.start()
-    try:
-        _refused(path, "damaged")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _traced(lambda: _refused(path, "damaged"))
     assert peak < MEMORY_LIMIT
 
 
@@ -363,12 +363,7 @@ def test_strip_running_past_the_end_is_refused_unallocated(tmp_path):
     tifffile.imwrite(path, np.zeros((12, 16), np.uint8), photometric="minisblack",
                      compression="zlib")
     _patched(path, {"StripByteCounts": 2**31})  # Python would allocate 2 GB to read it
-    tracemalloc.start()
-    try:
-        _refused(path, "truncated")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    _, peak = _traced(lambda: _refused(path, "truncated"))
     assert peak < MEMORY_LIMIT
 
 
@@ -402,12 +397,8 @@ def test_png_chunk_length_is_not_allocated(tmp_path):
     idat = data.index(b"IDAT") - 4
     struct.pack_into(">I", data, idat, 2**30)
     path.write_bytes(bytes(data))
-    tracemalloc.start()
-    try:
-        assert read_image(path).shape == (12, 16)  # Pillow reads what there is
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    image, peak = _traced(lambda: read_image(path))
+    assert image.shape == (12, 16)  # Pillow reads what there is
     assert peak < MEMORY_LIMIT
 
 
