@@ -121,12 +121,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _pixel_size(io, source, output: Path) -> dict:
-    """The (y, x) pixel size of the first input, to keep in a TIFF output: ``scale`` and
-    ``unit`` keywords for ``write_image``, or none when it is unknown."""
-    if io.output_format(output) != "TIFF":
+def _first_tiff_info(io, inputs: Sequence[str]):
+    """The tags of the first input if it is a readable TIFF (its axes and pixel size, read
+    once), else None: read_stack says what is wrong with a damaged file."""
+    try:
+        return io._tiff_info(Path(inputs[0])) if io.is_tiff(inputs[0]) else None
+    except (OSError, MfifError):
+        return None
+
+
+def _pixel_size(io, info, output: Path) -> dict:
+    """The (y, x) pixel size of the first input (``info``, its TIFF tags, or None), to keep
+    in a TIFF output: ``scale`` and ``unit`` keywords for ``write_image``, or none when it
+    is unknown."""
+    if io.output_format(output) != "TIFF" or info is None:
         return {}
-    scale, units = io.read_physical_scale(source)
+    scale, units = info.physical
     if units is None and all(s == 1.0 for s in scale[-2:]):
         return {}
     unit = None if units is None else [u if u != "pixel" else None for u in units[-2:]]
@@ -183,21 +193,17 @@ def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | No
     return ((len(inputs), *shape), dtype) if len(shape) in (2, 3) else None
 
 
-def _layout(io, args) -> dict:
+def _layout(args, info) -> dict:
     """``channel_axis`` and ``time_axis`` for fuse(): as given, or from the axes a single
-    TIFF names (ImageJ and OME hyperstacks: T, Z, C), else None."""
+    TIFF names (``info``, its tags: ImageJ and OME hyperstacks: T, Z, C), else None."""
     layout = {"channel_axis": args.channel_axis, "time_axis": args.time_axis}
-    if len(args.inputs) != 1 or any(v is not None for v in layout.values()):
-        if len(args.inputs) != 1 and any(v is not None for v in layout.values()):
-            raise MfifError("--channel-axis and --time-axis apply to one multi-page TIFF, not to "
-                            "several files")
+    given = any(v is not None for v in layout.values())
+    if given and len(args.inputs) != 1:
+        raise MfifError("--channel-axis and --time-axis apply to one multi-page TIFF, not to "
+                        "several files")
+    if given or len(args.inputs) != 1 or info is None:
         return layout
-    try:
-        if not io.is_tiff(args.inputs[0]):
-            return layout
-        axes = io._tiff_info(Path(args.inputs[0])).axes
-    except (OSError, MfifError):
-        return layout  # read_stack says what is wrong with the file
+    axes = info.axes
     if "Z" in axes and "S" not in axes:
         if "C" in axes:
             layout["channel_axis"] = axes.index("C")
@@ -206,16 +212,15 @@ def _layout(io, args) -> dict:
     return layout
 
 
-def _z_step_um(io, args) -> float:
-    """The distance between slices in micrometres: --z-step, else the input TIFF's."""
+def _z_step_um(args, info) -> float:
+    """The distance between slices in micrometres: --z-step, else the input TIFF's
+    (``info``, its tags)."""
     if args.z_step is not None:
         if not args.z_step > 0:
             raise MfifError(f"--z-step must be a positive number of micrometres, got {args.z_step}")
         return float(args.z_step)
-    source = Path(args.inputs[0])
-    if len(args.inputs) == 1 and io.is_tiff(source):
-        axes = io._tiff_info(source).axes
-        scale, units = io.read_physical_scale(source)
+    if len(args.inputs) == 1 and info is not None:
+        axes, (scale, units) = info.axes, info.physical
         if "Z" in axes and units is not None and units[axes.index("Z")] == "µm":
             return float(scale[axes.index("Z")])
     raise MfifError("the height map in um needs the z step, which the input does not store; "
@@ -270,18 +275,16 @@ def _cmd_fuse(args) -> int:
         io.check_output(out, overwrite=args.overwrite)
 
     start = time.perf_counter()
-    layout = _layout(io, args)
+    info = _first_tiff_info(io, args.inputs)
+    layout = _layout(args, info)
     header = _stack_header(io, args.inputs)
     if header is not None:  # too large for memory: say so before reading the pixels
         check_fits(_one_time_point(header[0], **layout), header[1], method, args.mode,
                    params=params)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
-    elif args.align and len(args.inputs) > 1:  # slices of different sizes are framed by fuse()
-        slices = [io.read_image(p) for p in args.inputs]
-        stack = slices if len({s.shape for s in slices}) > 1 else io.read_stack(args.inputs)
-    else:
-        stack = io.read_stack(args.inputs)
+    else:  # aligned slices may differ in size: framed below
+        stack = io.read_stack(args.inputs, same_shape=not args.align)
     if isinstance(stack, list):
         from .align import common_frame
 
@@ -290,10 +293,10 @@ def _cmd_fuse(args) -> int:
     result = fuse(stack, method=method, mode=args.mode, device=args.device,
                   focus_channel=_focus_channel(args.focus_channel), align=args.align,
                   align_frame=args.align_frame, **layout, **params)
-    pixel = _pixel_size(io, args.inputs[0], outputs[0])
+    pixel = _pixel_size(io, info, outputs[0])
     height = result.index_map
     if args.height_map and args.height_units == "um":
-        height = (height * _z_step_um(io, args)).astype(np.float32)
+        height = (height * _z_step_um(args, info)).astype(np.float32)
     images = [result.image] + ([height] if args.height_map else [])
     written = []
     try:

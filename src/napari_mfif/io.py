@@ -209,11 +209,14 @@ class _ClampedReads:
 
 
 @_quiet
-def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
+def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+               same_shape: bool = True) -> np.ndarray | list[np.ndarray]:
     """Read a focal stack: one multi-page TIFF (slices along the first axis, optional RGB
     last), or two or more image files taken as slices in the given order.
 
-    Returns a checked (Z, Y, X) or (Z, Y, X, C) array.
+    Returns a checked (Z, Y, X) or (Z, Y, X, C) array. With ``same_shape=False``, files of
+    different sizes are accepted and returned as a list of slices (to be brought to a
+    common frame, see :func:`napari_mfif.align.common_frame`).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -237,7 +240,7 @@ def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.nda
                 f"{p} has shape {a.shape}; when several files are given each must hold one "
                 "2-D or RGB image"
             )
-        if slices and a.shape != slices[0].shape:
+        if same_shape and slices and a.shape != slices[0].shape:
             raise MfifError(
                 f"{p} has shape {tuple(a.shape)} but {paths[0]} has {tuple(slices[0].shape)}; "
                 "all slices must have the same shape (or align them, which brings them to a "
@@ -249,6 +252,8 @@ def read_stack(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> np.nda
                 "must have the same dtype"
             )
         slices.append(a)
+    if len({a.shape for a in slices}) > 1:
+        return slices
     return as_stack(slices)
 
 
