@@ -176,7 +176,8 @@ def fuse(
 
         alignment = align_stack(work, gray, mode=align, frame=align_frame, progress=progress)
         work = alignment.stack.reshape(alignment.stack.shape[:3] + (work.shape[-1],))
-        gray = focus_gray(work, focus_channel)
+        # align_stack already gives the luminance of the aligned slices
+        gray = alignment.gray if focus_channel is None else focus_gray(work, focus_channel)
     try:
         out = spec.run(
             work, gray, mode=mode, device=used_device, progress=progress,
@@ -226,8 +227,7 @@ def _fuse_over_time(stack: Any, time_axis: int, channel_axis: int | None,
         c_axis = channel_axis % ndim
         if c_axis == t_axis:
             raise MfifError("time_axis and channel_axis name the same axis")
-        c_axis = c_axis + 1 if c_axis < t_axis else c_axis  # after moving time first
-        c_axis -= 1  # within one time point
+        c_axis = c_axis if c_axis < t_axis else c_axis - 1  # within one time point
     series = np.moveaxis(stack, t_axis, 0)
     n = series.shape[0]
     outer = kwargs.pop("progress")

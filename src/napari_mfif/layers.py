@@ -14,7 +14,7 @@ ones. napari itself is imported only by the functions that take a viewer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -207,8 +207,7 @@ def aligned_geometry(geometry: Geometry, alignment: Any) -> Geometry:
     y0, _, x0, _ = alignment.box
     sy, sx = geometry.scale
     ty, tx = geometry.translate
-    return Geometry(geometry.name, geometry.scale, (ty + y0 * sy, tx + x0 * sx), geometry.units,
-                    geometry.z_step, geometry.z_origin, geometry.z_unit)
+    return replace(geometry, translate=(ty + y0 * sy, tx + x0 * sx))
 
 
 def applied_layer_data(image: np.ndarray, layer: Any, result: "FusionResult",

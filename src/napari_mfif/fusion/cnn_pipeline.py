@@ -113,8 +113,6 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
     from .decision import min_region_area, patch_focus_map, remove_small_regions_labels
     from .guided_filter import guided_filter
 
-    if nway_rule not in ("soft", "hard"):
-        raise MfifError(f"nway_rule must be 'soft' or 'hard', got {nway_rule!r}")
     check_size(*gray.shape[1:])
     scorer = _scorer(arch, weights, device)
     dev = scorer.device
