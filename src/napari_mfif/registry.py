@@ -56,6 +56,9 @@ class Method:
     pair_maps: Callable[..., Any] | None = None
     #: parameter name -> the values it may take (shown as a menu by the widget)
     param_choices: Mapping[str, tuple] = field(default_factory=dict)
+    #: how the method runs tile by tile on images too large for memory (``None``: it
+    #: cannot, and the tiled engine refuses it); see :class:`napari_mfif.tiles.Tiling`
+    tiling: Any = None
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's defaults updated with ``given``; unknown names are an error."""

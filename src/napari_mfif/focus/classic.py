@@ -104,20 +104,23 @@ def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor)
     return score, decision
 
 
-for _name, _measure, _summary in (
-    ("tenengrad", tenengrad,
-     "Tenengrad (Sobel gradient energy) focus measure, choose-max with a smoothed decision"),
-    ("variance", local_variance,
-     "local grey-level variance focus measure, choose-max with a smoothed decision"),
-):
-    register_method(
+def register_measure(name: str, measure, summary: str) -> Method:
+    """Register a focus measure ``measure(gray, *, presmooth, window) -> map`` as a
+    choose-max fusion method called ``name``, with the shared parameters and steps."""
+    return register_method(
         Method(
-            name=_name,
-            summary=_summary,
-            run=partial(_run, _measure),
-            pair_maps=partial(_pair_maps, _measure),
+            name=name,
+            summary=summary,
+            run=partial(_run, measure),
+            pair_maps=partial(_pair_maps, measure),
             params=dict(_DEFAULTS),
             param_help=dict(_HELP),
             devices=("cpu",),
         )
     )
+
+
+register_measure("tenengrad", tenengrad,
+                 "Tenengrad (Sobel gradient energy) focus measure, choose-max with a smoothed decision")
+register_measure("variance", local_variance,
+                 "local grey-level variance focus measure, choose-max with a smoothed decision")
