@@ -147,15 +147,22 @@ def test_fuse_refuses_a_dask_stack_too_large_without_computing_it(monkeypatch):
     calls = []
     stack = _lazy_stack((6, 512, 512), np.uint16, calls)
     monkeypatch.setattr(_memory, "available_bytes", lambda: 16 * 2**20)
+    # the weights are as large as the stack, so this cannot be tiled either
     with pytest.raises(MfifError) as info:
-        mf.fuse(stack)
+        mf.fuse(stack, return_weights=True)
     message = str(info.value)
     assert "6 x 512 x 512 uint16" in message and "16 MiB is available" in message
     assert "MiB" in message.split("needs about")[1].split("but")[0]
-    assert "\n" not in message and "not available yet" in message
+    assert "\n" not in message and "tile by tile (tile_size=, --tile-size)" in message
     assert calls == []  # never loaded
+    # without weights it is fused tile by tile instead of refused
+    tiled = mf.fuse(stack)
+    assert tiled.tiles is not None and tiled.image.shape == (512, 512) and calls
     monkeypatch.undo()
-    assert mf.fuse(stack).image.shape == (512, 512) and calls == [1]
+    calls.clear()
+    whole = mf.fuse(stack)
+    assert whole.tiles is None and calls == [1]
+    assert np.array_equal(whole.image, tiled.image)
 
 
 def test_a_loaded_stack_is_not_counted_twice(monkeypatch):
@@ -163,8 +170,8 @@ def test_a_loaded_stack_is_not_counted_twice(monkeypatch):
     need = fusion_bytes(shape, np.uint16, "tenengrad", "nway")
     monkeypatch.setattr(_memory, "available_bytes", lambda: need)
     mf.fuse(np.zeros(shape, np.uint16))  # in memory already: only the work must fit
-    with pytest.raises(MfifError, match="needs about"):
-        mf.fuse(_lazy_stack(shape, np.uint16, []))  # a dask array is loaded first
+    with pytest.raises(MfifError, match="needs about"):  # a dask array is loaded first
+        mf.fuse(_lazy_stack(shape, np.uint16, []), return_weights=True)
     with pytest.raises(MfifError, match="needs about"):
         mf.fuse(list(np.zeros(shape, np.uint16)))  # the slices are stacked into a copy
 
@@ -177,8 +184,8 @@ def test_message_reads_like_the_docs(monkeypatch):
     need = fusion_bytes((40, 8192, 8192), np.uint16) + stack_bytes((40, 8192, 8192), np.uint16)
     assert message == (
         f"fusing this 40 x 8192 x 8192 uint16 stack with tenengrad (nway) in memory needs about "
-        f"{need / GIB:.0f} GiB but only 12 GiB is available; fuse a crop or fewer slices "
-        "(tiled fusion of whole slides is not available yet)"
+        f"{need / GIB:.0f} GiB but only 12 GiB is available; fuse a crop or fewer slices, "
+        "or tile by tile (tile_size=, --tile-size) with a method that can"
     )
 
 

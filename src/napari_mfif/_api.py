@@ -38,6 +38,9 @@ class FusionResult:
         With ``fuse(..., align=...)``: the estimated shifts (and scales) per slice and the
         frame of the result (``alignment.box`` in the input's pixels; ``alignment.report()``
         as text). For a time series, a list with one per time point.
+    tiles : TiledRun or None
+        When the stack was fused tile by tile: the tile plan (tile size, overlap, number of
+        tiles), the number of passes and workers (:class:`napari_mfif.tiles.TiledRun`).
 
     With ``time_axis``, ``image``, ``index_map`` and ``weights`` gain a leading time axis.
     """
@@ -50,6 +53,7 @@ class FusionResult:
     params: dict[str, Any] = field(default_factory=dict)
     weights: np.ndarray | None = None
     alignment: Any = None
+    tiles: Any = None
 
 
 @dataclass
@@ -88,6 +92,8 @@ def fuse(
     time_axis: int | None = None,
     align: str | None = None,
     align_frame: str = "crop",
+    tile_size: int | None = None,
+    overlap: int | None = None,
     **params: Any,
 ) -> FusionResult:
     """Fuse a focal stack into one all-in-focus image and a height map.
@@ -95,7 +101,8 @@ def fuse(
     Parameters
     ----------
     stack : array-like, shape (Z, Y, X) or (Z, Y, X, C), or list of (Y, X[, C]) arrays
-        The slices in focus order. numpy or dask arrays (a dask array is computed), or a
+        The slices in focus order. numpy or dask arrays, a lazy TIFF stack
+        (:class:`napari_mfif.slide_io.TiffStackSource`, always fused tile by tile), or a
         list of 2-D / colour images of one shape and dtype. Supported dtypes: uint8,
         uint16, float32 (and other integer / float types); the output keeps the dtype.
     method : str
@@ -129,6 +136,16 @@ def fuse(
         slice covers unless ``align_frame="pad"``; see :mod:`napari_mfif.align`.
     align_frame : {"crop", "pad"}
         How an aligned result is framed.
+    tile_size : int, optional
+        Fuse tile by tile, in windows of ``tile_size`` px (rounded up to a multiple of 64)
+        plus ``overlap`` on each side, so the stack is never in memory at once (a dask array
+        or lazy TIFF is read window by window; runs on a dask.distributed cluster when a
+        client is active). By default a stack that would not fit in free memory is tiled
+        with tiles of 1024 px, and any other is fused whole. The result is the same as
+        whole-image fusion (bit for bit for the classic methods; see ``docs/slides.md``).
+    overlap : int, optional
+        Pixels of context around each tile; default: the method's reach (the result then
+        matches whole-image fusion). Setting it implies tiles.
     **params
         The method's parameters (see ``available_methods()[name].params``).
 
@@ -159,6 +176,20 @@ def fuse(
             return_weights=return_weights, focus_channel=focus_channel, align=align,
             align_frame=align_frame, **resolved))
     stack = channels_last(stack, channel_axis)
+    if tile_size is None and overlap is None and not _is_source(stack):
+        try:
+            check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
+        except MfifError:
+            if (spec.tiling is None or align is not None or return_weights
+                    or isinstance(stack, (list, tuple))):
+                raise
+            from .tiles import DEFAULT_TILE
+
+            tile_size = DEFAULT_TILE  # too large for memory: tile by tile
+    if tile_size is not None or overlap is not None or _is_source(stack):
+        return _fuse_tiles(stack, spec, mode, device, resolved, tile_size=tile_size,
+                           overlap=overlap, progress=progress, focus_channel=focus_channel,
+                           return_weights=return_weights, align=align)
     if align is not None and isinstance(stack, (list, tuple)) and _sizes_differ(stack):
         from .align import common_frame
 
@@ -201,6 +232,63 @@ def fuse(
                  if return_weights and weights is not None else None),
         alignment=alignment,
     )
+
+
+def _is_source(stack: Any) -> bool:
+    """A lazy stack on disk (e.g. a TiffStackSource), which is only ever read by tiles."""
+    return hasattr(stack, "read") and hasattr(stack, "shape") and not isinstance(stack, np.ndarray)
+
+
+def _fuse_tiles(stack: Any, spec, mode: str, device: str, resolved: dict, *, tile_size,
+                overlap, progress, focus_channel, return_weights: bool, align) -> FusionResult:
+    """:func:`fuse` tile by tile (see :mod:`napari_mfif.tiles`); the result in memory."""
+    from .stack import _check_dtype, _check_shape
+    from .tiles import DEFAULT_TILE, as_dask, check_tile_size, run_tiles, tileable
+
+    tileable(spec)
+    if align is not None:
+        raise MfifError("align needs the whole stack in memory; it cannot run tile by tile "
+                        "(align a crop, or fuse without tile_size)")
+    if return_weights:
+        raise MfifError("return_weights is not available tile by tile (the weights are as "
+                        "large as the stack); fuse without tile_size to get them")
+    if isinstance(stack, (list, tuple)):
+        stack = as_stack(stack)
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):
+        as_stack(stack)  # says what is wrong with it
+    shape = tuple(int(s) for s in stack.shape)
+    _check_shape(shape)
+    dtype = np.dtype(stack.dtype)
+    _check_dtype(dtype, "the stack")
+    if overlap is not None:
+        try:
+            ok = int(overlap) == overlap and overlap >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise MfifError(f"overlap must be a whole number of pixels >= 0, got {overlap!r}")
+    tile = check_tile_size(DEFAULT_TILE if tile_size is None else tile_size)
+    if spec.name == "cnn":
+        from .fusion.cnn_pipeline import check_size
+
+        check_size(*shape[1:3])
+    used_device = resolve_device(device, spec.devices, spec.name)
+    array = as_dask(stack, tile)
+    image = np.empty(shape[1:], dtype=dtype)
+    height = np.empty(shape[1:3], dtype=np.float32)
+
+    def on_band(y0: int, part: np.ndarray, index: np.ndarray) -> None:
+        image[y0:y0 + part.shape[0]] = part
+        height[y0:y0 + index.shape[0]] = index
+
+    try:
+        run = run_tiles(array, spec.name, mode, used_device, resolved, tile=tile,
+                        overlap=overlap, focus_channel=focus_channel, dtype=dtype,
+                        on_band=on_band, progress=progress)
+    finally:
+        release(used_device)
+    return FusionResult(image=image, index_map=height, method=spec.name, mode=mode,
+                        device=used_device, params=resolved, tiles=run)
 
 
 def _sizes_differ(slices: Any) -> bool:

@@ -335,7 +335,7 @@ def check_fits(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
     raise MfifError(
         f"fusing this {dims} {np.dtype(dtype)} stack with {method} ({mode}) in memory needs "
         f"about {_size(need, digits)} but only {_size(free, digits)} is available; fuse a "
-        "crop or fewer slices (tiled fusion of whole slides is not available yet)"
+        "crop or fewer slices, or tile by tile (tile_size=, --tile-size) with a method that can"
     )
 
 

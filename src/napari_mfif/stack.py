@@ -3,12 +3,14 @@ and the two ways of fusing many slices from per-slice focus maps (N-way and in s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ._errors import MfifError
+from ._view import View
 
 #: the most channels accepted on the last axis of a (Z, Y, X, C) stack
 MAX_CHANNELS = 16
@@ -232,25 +234,16 @@ def blend(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return fused
 
 
-def nway_weights(
+def nway_choice(
     focus: Callable[[np.ndarray], np.ndarray],
     gray: np.ndarray,
     smooth: Callable[[np.ndarray], np.ndarray],
     progress: Progress = None,
     *,
     floor: float = 0.0,
-) -> np.ndarray:
-    """Choose-max across all slices at once, with a smoothed decision.
-
-    ``focus(slice) -> map`` scores each gray slice; each pixel is given to the slice with
-    the highest score (ties to the lower slice); the one-hot decision maps are smoothed
-    with ``smooth`` (a linear, normalised filter, so the weights still sum to one), which
-    removes isolated wrong choices and softens the seams.
-
-    ``floor`` (> 0) is the focus score that noise alone reaches: where the best score is not
-    clearly above it (a flat area, where the choice would follow the noise), the pixel's
-    weights are taken from :func:`fill_flat_areas` instead.
-    """
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The smoothed choose-max weights of :func:`nway_weights` before any flat-area fill,
+    and the confidence map of the noise floor (None when ``floor`` is 0)."""
     z = gray.shape[0]
     best = np.full(gray.shape[1:], -np.inf, dtype=gray.dtype)
     choice = np.zeros(gray.shape[1:], dtype=np.intp)
@@ -267,10 +260,95 @@ def nway_weights(
         if progress is not None:
             progress(z + k + 1, 2 * z)
     weights /= weights.sum(axis=0, keepdims=True)
+    confidence = None
     if floor > 0:
         confidence = smooth(np.clip(best / floor - 1, 0, 1).astype(gray.dtype))
-        weights = fill_flat_areas(weights, confidence)
+    return weights, confidence
+
+
+def nway_weights(
+    focus: Callable[[np.ndarray], np.ndarray],
+    gray: np.ndarray,
+    smooth: Callable[[np.ndarray], np.ndarray],
+    progress: Progress = None,
+    *,
+    floor: float = 0.0,
+    view: View | None = None,
+    maps: "FillMaps | None" = None,
+) -> np.ndarray:
+    """Choose-max across all slices at once, with a smoothed decision.
+
+    ``focus(slice) -> map`` scores each gray slice; each pixel is given to the slice with
+    the highest score (ties to the lower slice); the one-hot decision maps are smoothed
+    with ``smooth`` (a linear, normalised filter, so the weights still sum to one), which
+    removes isolated wrong choices and softens the seams.
+
+    ``floor`` (> 0) is the focus score that noise alone reaches: where the best score is not
+    clearly above it (a flat area, where the choice would follow the noise), the pixel's
+    weights are taken from :func:`fill_flat_areas` instead (``view`` and ``maps``: see there).
+    """
+    weights, confidence = nway_choice(focus, gray, smooth, progress, floor=floor)
+    if confidence is not None:
+        weights = fill_flat_areas(weights, confidence, view=view, maps=maps)
     return weights
+
+
+#: about how many pixels per slice the noise level is measured on
+NOISE_SAMPLES = 250_000
+
+
+def _immerkaer_at(g: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Immerkaer's noise operator (the difference of two Laplacians, kernel
+    [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]) at the pixels ``ys`` x ``xs`` of ``g`` (which
+    must have a 1-pixel border around them), summed in a fixed order."""
+    def at(dy: int, dx: int) -> np.ndarray:
+        return g[np.ix_(ys + dy, xs + dx)]
+
+    r = at(-1, -1) - 2 * at(-1, 0) + at(-1, 1)
+    r += -2 * at(0, -1) + 4 * at(0, 0) - 2 * at(0, 1)
+    r += at(1, -1) - 2 * at(1, 0) + at(1, 1)
+    return r
+
+
+def _grid_points(n: int, step: int, lo: int, hi: int, origin: int) -> np.ndarray:
+    """The global sample positions 1, 1 + step, ... < n - 1 that fall in [lo, hi), in
+    window coordinates (minus ``origin``)."""
+    first = 1 + max(0, -(-(lo - 1) // step)) * step
+    return np.arange(first, min(hi, n - 1), step, dtype=np.intp) - origin
+
+
+def noise_samples(gray: np.ndarray, view: View | None = None) -> list[np.ndarray]:
+    """|Immerkaer response| of each slice at the noise sample points in ``view``'s core.
+
+    The points are a grid fixed in the whole image's coordinates (every ``step``-th pixel,
+    about :data:`NOISE_SAMPLES` per slice), so the samples of the windows of a tiled run are
+    exactly those of the whole image. :func:`noise_sigma_from` turns them into sigma.
+    """
+    z, h, w = gray.shape
+    view = view or View.whole(h, w)
+    H, W = view.shape
+    if min(H, W) < 3:
+        return [np.empty(0, np.float32) for _ in range(z)]
+    step = max(1, int(np.sqrt(H * W / NOISE_SAMPLES)))
+    gy0, gy1, gx0, gx1 = view.core_global
+    ys = _grid_points(H, step, gy0, gy1, view.origin[0])
+    xs = _grid_points(W, step, gx0, gx1, view.origin[1])
+    return [np.abs(_immerkaer_at(g.astype(np.float32, copy=False), ys, xs)).ravel()
+            for g in gray]
+
+
+def noise_sigma_from(parts: Sequence[Sequence[np.ndarray]]) -> float:
+    """The noise sigma from :func:`noise_samples` of one or more windows (``parts[i][k]``:
+    window i, slice k): the median absolute response over all windows, per slice, scaled to
+    a standard deviation; the smallest over the slices (the most defocused slice has the
+    least structure left)."""
+    estimates = []
+    for k in range(len(parts[0])):
+        sample = np.concatenate([part[k] for part in parts])
+        if sample.size == 0:
+            return 0.0
+        estimates.append(float(np.median(sample)) / (0.6745 * 6.0))
+    return min(estimates)
 
 
 def noise_sigma(gray: np.ndarray) -> float:
@@ -281,52 +359,137 @@ def noise_sigma(gray: np.ndarray) -> float:
     noise; the smallest estimate over the slices (the most defocused slice has the least
     structure left) is returned.
     """
-    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-    estimates = []
-    for g in gray:
-        if min(g.shape) < 3:
-            return 0.0
-        response = ndi.convolve(g.astype(np.float32, copy=False), kernel, mode="reflect")
-        step = max(1, int(np.sqrt(response.size / 250_000)))  # a median of ~250k is plenty
-        sample = np.abs(response[1:-1:step, 1:-1:step])
-        estimates.append(float(np.median(sample)) / (0.6745 * 6.0))
-    return min(estimates)
+    return noise_sigma_from([noise_samples(gray)])
 
 
-def _blur_wide(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing with a wide sigma, done on a block-averaged grid for speed."""
-    h, w = image.shape
-    factor = max(1, min(int(sigma // 2), min(h, w) // 8))  # a grid of at least 8 x 8
-    if factor == 1:
-        return ndi.gaussian_filter(image, sigma, mode="reflect")
-    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
-    padded = np.pad(image, ((0, hp - h), (0, wp - w)), mode="edge")
-    small = padded.reshape(hp // factor, factor, wp // factor, factor).mean(axis=(1, 3))
-    small = ndi.gaussian_filter(small, sigma / factor, mode="reflect").astype(np.float32)
-    big = _linear_matrix(h, small.shape[0], factor) @ small @ _linear_matrix(w, small.shape[1], factor).T
-    return big.astype(image.dtype, copy=False)
-
-
-def _linear_matrix(n_out: int, n_in: int, factor: int) -> np.ndarray:
-    """(n_out, n_in) weights of linear interpolation from a grid of blocks of ``factor``
-    pixels back to the pixels (block centres at (k + 0.5) * factor - 0.5)."""
-    u = np.clip((np.arange(n_out) + 0.5) / factor - 0.5, 0, n_in - 1)
-    i0 = np.floor(u).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = (u - i0).astype(np.float32)
-    m = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    m[rows, i0] += 1 - frac
-    m[rows, i1] += frac
-    return m
-
-
-#: the widths (px) over which flat areas look for textured neighbours, nearest first
+#: the widths (px) over which flat areas look for textured neighbours, nearest first, and the
+#: block sizes of the grids these wide blurs run on (block average, Gaussian on the grid,
+#: linear interpolation back, all in the whole image's coordinates)
 FILL_SIGMAS = (8.0, 32.0, 128.0)
+FILL_BLOCKS = (4, 16, 64)
+#: the first scale is computed in each window (its reach, :data:`FILL_REACH` px, is local);
+#: the wider ones on grids of the whole image (:func:`fill_sums`, :func:`fill_maps`)
+FILL_REACH = (int(4.0 * FILL_SIGMAS[0] / FILL_BLOCKS[0] + 0.5) + 2) * FILL_BLOCKS[0]
+#: windows of tiled runs start on multiples of this (so that their block grids line up)
+FILL_ALIGN = FILL_BLOCKS[-1]
 
 
-def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray,
-                    spread: float = 1.0) -> np.ndarray:
+def _block_sums(image: np.ndarray, factor: int) -> np.ndarray:
+    """Sums over blocks of ``factor`` x ``factor`` pixels from the array's origin (the last
+    blocks partial), in float64 and in a fixed order whatever the array's size."""
+    h, w = image.shape
+    hb, wb = -(-h // factor), -(-w // factor)
+    padded = np.zeros((hb * factor, wb * factor), np.float64)
+    padded[:h, :w] = image
+    cols = padded.reshape(hb * factor, wb, factor)
+    rows = np.zeros((hb * factor, wb), np.float64)
+    for j in range(factor):
+        rows += cols[:, :, j]
+    rows = rows.reshape(hb, factor, wb)
+    out = np.zeros((hb, wb), np.float64)
+    for i in range(factor):
+        out += rows[:, i, :]
+    return out
+
+
+def _block_counts(n: int, factor: int, first: int, count: int) -> np.ndarray:
+    """Pixels in blocks ``first .. first + count - 1`` of an axis of ``n`` pixels."""
+    starts = (first + np.arange(count)) * factor
+    return np.clip(n - starts, 0, factor).astype(np.float64)
+
+
+def _upsample(grid: np.ndarray, factor: int, first: tuple[int, int], n_blocks: tuple[int, int],
+              box: tuple[int, int, int, int]) -> np.ndarray:
+    """Linear interpolation of a block grid back to pixels, in global coordinates.
+
+    ``grid[i, j]`` is block ``(first[0] + i, first[1] + j)`` of a whole image with
+    ``n_blocks`` blocks per axis (block centres at ``(b + 0.5) * factor - 0.5``); the result
+    covers the global pixels ``box = (y0, y1, x0, x1)``.
+    """
+    def axis(lo, hi, nb, f0, n_local):
+        u = np.clip((np.arange(lo, hi) + 0.5) / factor - 0.5, 0, nb - 1)
+        i0 = np.floor(u).astype(np.intp)
+        i1 = np.minimum(i0 + 1, nb - 1)
+        # a window's grid may miss the block after its last one: its outermost pixels
+        # (overlap, cropped later) then take the last block's value
+        return (np.clip(i0 - f0, 0, n_local - 1), np.clip(i1 - f0, 0, n_local - 1),
+                (u - i0).astype(np.float32))
+
+    y0, y1, x0, x1 = box
+    r0, r1, fy = axis(y0, y1, n_blocks[0], first[0], grid.shape[0])
+    c0, c1, fx = axis(x0, x1, n_blocks[1], first[1], grid.shape[1])
+    rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]
+    return rows[:, c0] * (1 - fx)[None, :] + rows[:, c1] * fx[None, :]
+
+
+def _grid_blur(sums: np.ndarray, counts_y: np.ndarray, counts_x: np.ndarray,
+               sigma: float) -> np.ndarray:
+    """Block means from sums and pixel counts, smoothed on the grid (sigma in blocks)."""
+    means = sums / (counts_y[:, None] * counts_x[None, :])
+    return ndi.gaussian_filter(means.astype(np.float32), sigma, mode="reflect")
+
+
+@dataclass
+class FillSums:
+    """Sums of the confidence and of confidence x height over the blocks of the first wide
+    grid (:data:`FILL_BLOCKS` [1]) in one window's core, and where they go."""
+
+    first: tuple[int, int]  # global index of the first block
+    support: np.ndarray
+    value: np.ndarray
+
+
+@dataclass
+class FillMaps:
+    """The wide scales of :func:`fill_flat_areas` for the whole image: for each block size
+    of :data:`FILL_BLOCKS` [1:], the smoothed support and value grids, and the confidence-
+    weighted mean height of the stack (for pixels no scale reaches)."""
+
+    shape: tuple[int, int]
+    grids: list[tuple[int, np.ndarray, np.ndarray]]  # (factor, support, value)
+    middle: float
+
+
+def fill_sums(confidence: np.ndarray, height: np.ndarray, view: View) -> FillSums:
+    """:class:`FillSums` of a window's core (whose global origin must be on the grid)."""
+    factor = FILL_BLOCKS[1]
+    gy0, _, gx0, _ = view.core_global
+    if gy0 % factor or gx0 % factor:
+        raise ValueError(f"window core at {(gy0, gx0)} is not on the {factor}-pixel grid")
+    y0, y1, x0, x1 = view.core
+    c = confidence[y0:y1, x0:x1].astype(np.float32)
+    return FillSums((gy0 // factor, gx0 // factor), _block_sums(c, factor),
+                    _block_sums(c * height[y0:y1, x0:x1], factor))
+
+
+def fill_maps(parts: Sequence[FillSums], shape: tuple[int, int], z: int) -> FillMaps:
+    """Assemble the :class:`FillSums` of windows covering the whole image into
+    :class:`FillMaps` (the same numbers whatever the windows)."""
+    H, W = shape
+    factor = FILL_BLOCKS[1]
+    nb = (-(-H // factor), -(-W // factor))
+    support = np.zeros(nb, np.float64)
+    value = np.zeros(nb, np.float64)
+    for part in parts:
+        by, bx = part.first
+        hb, wb = part.support.shape
+        support[by:by + hb, bx:bx + wb] = part.support
+        value[by:by + hb, bx:bx + wb] = part.value
+    total = float(support.sum())
+    middle = float(value.sum()) / total if total > 0 else (z - 1) / 2
+    grids = []
+    for sigma, block in zip(FILL_SIGMAS[1:], FILL_BLOCKS[1:]):
+        k = block // factor
+        s, v = (_block_sums(a, k) if k > 1 else a for a in (support, value))
+        cy = _block_counts(H, block, 0, s.shape[0])
+        cx = _block_counts(W, block, 0, s.shape[1])
+        grids.append((block, _grid_blur(s, cy, cx, sigma / block),
+                      _grid_blur(v, cy, cx, sigma / block)))
+    return FillMaps((H, W), grids, middle)
+
+
+def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float = 1.0, *,
+                    view: View | None = None, maps: FillMaps | None = None) -> np.ndarray:
     """Weights for a stack where the focus decision is only trusted with ``confidence``.
 
     Where ``confidence`` (Y, X) in [0, 1] is low (flat or noise-only areas), the height is
@@ -334,21 +497,47 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray,
     :data:`FILL_SIGMAS` that reaches some), and the slices within about ``spread`` slices of
     that height are averaged, which also averages their noise away. Confident pixels keep
     their ``weights``. The result still sums to one at every pixel.
+
+    Tile by tile: ``view`` says where this window is and ``maps`` holds the wide scales,
+    made by :func:`fill_maps` from the :func:`fill_sums` of every window; the result in the
+    window's core is then the same as for the whole image (given an overlap of at least
+    :data:`FILL_REACH` px beyond the reach of ``weights`` and ``confidence``).
     """
-    if float(confidence.min()) >= 1:  # every pixel textured (dense brightfield): no fill
-        return weights
-    z = weights.shape[0]
+    if float(confidence.min()) >= 1:  # every pixel textured: nothing to fill (and where
+        return weights               # confidence is 1 the blend below returns weights exactly)
+    z, h, w = weights.shape
     height = index_from_weights(weights)
-    filled = np.full(height.shape, np.nan, dtype=np.float32)
-    for sigma in FILL_SIGMAS:
-        support = _blur_wide(confidence.astype(np.float32), sigma)
-        value = _blur_wide((confidence * height).astype(np.float32), sigma)
+    view = view or View.whole(h, w)
+    if maps is None:
+        if not view.is_whole:
+            raise ValueError("fill_flat_areas on a window needs the whole image's FillMaps")
+        maps = fill_maps([fill_sums(confidence, height, view)], view.shape, z)
+    H, W = view.shape
+    oy, ox = view.origin
+    box = (oy, oy + h, ox, ox + w)
+    c32 = confidence.astype(np.float32)
+    filled = np.full((h, w), np.nan, dtype=np.float32)
+
+    def take(support: np.ndarray, value: np.ndarray) -> None:
         reach = np.isnan(filled) & (support > 0.02)
         filled[reach] = value[reach] / support[reach]
-    if np.isnan(filled).any():  # no confident pixel anywhere near: the stack's middle
-        total = float(confidence.sum())
-        middle = float((confidence * height).sum() / total) if total > 0 else (z - 1) / 2
-        filled[np.isnan(filled)] = middle
+
+    # the nearest scale, on the window's own block grid (windows start on the grid)
+    block = FILL_BLOCKS[0]
+    if oy % block or ox % block:
+        raise ValueError(f"window at {(oy, ox)} is not on the {block}-pixel grid")
+    first = (oy // block, ox // block)
+    nb = (-(-H // block), -(-W // block))
+    cy = _block_counts(H, block, first[0], -(-h // block))
+    cx = _block_counts(W, block, first[1], -(-w // block))
+    near = [_upsample(_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block),
+                      block, first, nb, box) for a in (c32, c32 * height)]
+    take(*near)
+    for factor, support, value in maps.grids:
+        nb = (-(-H // factor), -(-W // factor))
+        take(_upsample(support, factor, (0, 0), nb, box),
+             _upsample(value, factor, (0, 0), nb, box))
+    filled[np.isnan(filled)] = maps.middle
     ks = np.arange(z, dtype=np.float32)[:, None, None]
     flat = np.exp(-0.5 * ((ks - filled[None]) / spread) ** 2)
     flat /= flat.sum(axis=0, keepdims=True)
@@ -357,9 +546,12 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray,
 
 
 def index_from_weights(weights: np.ndarray) -> np.ndarray:
-    """The fractional slice index sum_k k * weights[k], as float32."""
-    ks = np.arange(weights.shape[0], dtype=weights.dtype)
-    return np.tensordot(ks, weights, axes=([0], [0])).astype(np.float32)
+    """The fractional slice index sum_k k * weights[k], as float32 (summed slice by slice
+    in order, so a window of the weights gives exactly the same numbers)."""
+    index = np.zeros(weights.shape[1:], dtype=weights.dtype)
+    for k in range(1, weights.shape[0]):
+        index += k * weights[k]
+    return index.astype(np.float32, copy=False)
 
 
 def fuse_series(

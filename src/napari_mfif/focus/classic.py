@@ -27,7 +27,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..registry import Method, register_method
-from ..stack import blend, fuse_series, index_from_weights, noise_sigma, nway_weights
+from ..tiles import Tiling
+from ..stack import (FILL_REACH, blend, fill_maps, fill_sums, fuse_series, index_from_weights,
+                     noise_samples, noise_sigma, noise_sigma_from, nway_choice,
+                     nway_weights)
 
 _DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0, "noise_floor": 3.0}
 _HELP = {
@@ -75,16 +78,68 @@ def noise_score(measure, sigma: float, *, presmooth: float, window: float) -> fl
     return float(np.percentile(score, 99)) * sigma * sigma
 
 
+def _radius(sigma: float) -> int:
+    """Pixels a :func:`_gaussian` of ``sigma`` reaches (scipy: int(truncate * sigma + 0.5))."""
+    return int(3.0 * sigma + 0.5) if sigma > 0 else 0
+
+
+def _reach(params: dict, z: int, mode: str) -> int:
+    """How far (px) a fused pixel depends on the input: the measure (pre-smoothing, a 1-px
+    derivative, the window), the decision smoothing, and in N-way mode with a noise floor
+    the nearest fill scale; in series the steps chain, once per slice after the first."""
+    step = (_radius(params["presmooth"]) + 1 + _radius(max(params["window"], 0.5))
+            + _radius(params["smooth"]))
+    if mode == "series":
+        return step * max(z - 1, 1)
+    return step + (FILL_REACH if params["noise_floor"] > 0 else 0)
+
+
+def _floored(mode: str, noise_floor: float) -> bool:
+    return mode == "nway" and noise_floor > 0
+
+
+def _stats(measure, gray, view, *, mode, presmooth, window, smooth, noise_floor):
+    """Tiled pass 1: the noise samples of this window (N-way with a noise floor only)."""
+    return noise_samples(gray, view) if _floored(mode, noise_floor) else None
+
+
+def _reduce_stats(measure, parts, *, mode, presmooth, window, smooth, noise_floor):
+    """The noise floor (a focus score) from the noise samples of every window."""
+    if not _floored(mode, noise_floor):
+        return None
+    sigma = noise_sigma_from(parts)
+    return noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
+
+
+def _coarse(measure, stack, gray, view, floor, *, mode, presmooth, window, smooth,
+            noise_floor):
+    """Tiled pass 2: this window's share of the wide flat-area fill scales."""
+    if not _floored(mode, noise_floor) or not floor:
+        return None  # no floor (or a noiseless stack, whose floor is 0): nothing to fill
+    weights, confidence = nway_choice(partial(measure, presmooth=presmooth, window=window),
+                                      gray, partial(_gaussian, sigma=smooth), floor=floor)
+    return fill_sums(confidence, index_from_weights(weights), view)
+
+
+def _reduce_coarse(measure, parts, shape, z, *, mode, presmooth, window, smooth, noise_floor):
+    if not _floored(mode, noise_floor) or any(part is None for part in parts):
+        return None
+    return fill_maps(parts, shape, z)
+
+
 def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmooth, window,
-         smooth, noise_floor):
+         smooth, noise_floor, context=None):
     focus = partial(measure, presmooth=presmooth, window=window)
     smoothing = partial(_gaussian, sigma=smooth)
     if mode == "nway":
-        floor = 0.0
-        if noise_floor > 0:
+        floor, view, maps = 0.0, None, None
+        if context is not None:
+            floor, view, maps = context.stats or 0.0, context.view, context.coarse
+        elif noise_floor > 0:
             sigma = noise_sigma(gray)
             floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
-        weights = nway_weights(focus, gray, smoothing, progress, floor=floor)
+        weights = nway_weights(focus, gray, smoothing, progress, floor=floor, view=view,
+                               maps=maps)
         return blend(stack, weights), index_from_weights(weights), weights
 
     def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -116,6 +171,14 @@ def register_measure(name: str, measure, summary: str) -> Method:
             params=dict(_DEFAULTS),
             param_help=dict(_HELP),
             devices=("cpu",),
+            tiling=Tiling(
+                reach=_reach,
+                align=16,
+                stats=partial(_stats, measure),
+                reduce_stats=partial(_reduce_stats, measure),
+                coarse=partial(_coarse, measure),
+                reduce_coarse=partial(_reduce_coarse, measure),
+            ),
         )
     )
 

@@ -32,8 +32,10 @@ from __future__ import annotations
 import numpy as np
 
 from .._errors import MfifError
+from .._view import View
 from ..registry import Method, register_method
 from ..stack import blend, fuse_series, index_from_weights
+from ..tiles import Tiling
 
 DEFAULTS = {
     "arch": "compact",
@@ -57,6 +59,8 @@ HELP = {
 
 #: the network judges 16 x 16 patches (focus.cnn.PATCH; not imported: that imports torch)
 PATCH = 16
+#: its receptive field reaches this far beyond a patch (focus.cnn.MARGIN)
+MARGIN_PX = 4
 
 
 def check_size(h: int, w: int) -> None:
@@ -68,13 +72,58 @@ def check_size(h: int, w: int) -> None:
         )
 
 
-def normalise(gray: np.ndarray) -> np.ndarray:
-    """Scale a (Z, Y, X) gray stack to about [0, 1] with one pair of percentiles."""
-    lo, hi = np.percentile(gray, [0.1, 99.9])
+#: about how many pixels per slice the intensity range is measured on
+RANGE_SAMPLES = 1_000_000
+#: in tiled runs, ``min_region`` is a fraction of this area (px), whatever the tile size
+TILED_AREA_BASE = 1024 * 1024
+
+
+def intensity_samples(gray: np.ndarray, view: View | None = None) -> np.ndarray:
+    """The pixels of ``view``'s core on a grid fixed in the whole image's coordinates
+    (every pixel up to :data:`RANGE_SAMPLES` per slice, every ``step``-th beyond), so that
+    the windows of a tiled run give exactly the whole image's sample."""
+    z, h, w = gray.shape
+    view = view or View.whole(h, w)
+    H, W = view.shape
+    step = max(1, int(np.sqrt(H * W / RANGE_SAMPLES)))
+    gy0, gy1, gx0, gx1 = view.core_global
+    oy, ox = view.origin
+    ys = np.arange(-(-gy0 // step) * step, gy1, step) - oy
+    xs = np.arange(-(-gx0 // step) * step, gx1, step) - ox
+    return gray[:, ys][:, :, xs].astype(np.float32).ravel()
+
+
+def intensity_range(parts) -> tuple[float, float]:
+    """The (0.1, 99.9) percentiles of the samples of one or more windows (the min and max
+    where they coincide)."""
+    sample = np.concatenate([np.asarray(p).ravel() for p in parts])
+    lo, hi = (float(v) for v in np.percentile(sample, [0.1, 99.9]))
     if hi - lo <= 0:
-        lo, hi = float(gray.min()), float(gray.max())
+        lo, hi = float(sample.min()), float(sample.max())
+    return lo, hi
+
+
+def normalise(gray: np.ndarray, span: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale a (Z, Y, X) gray stack to about [0, 1] with one pair of percentiles (``span``,
+    else measured on ``gray``)."""
+    lo, hi = span if span is not None else intensity_range([intensity_samples(gray)])
     scale = 1.0 / (hi - lo) if hi > lo else 1.0
     return ((gray - lo) * scale).astype(np.float32)
+
+
+def _reach(params: dict, z: int, mode: str) -> int:
+    """Pixels a fused pixel depends on: the patches that cover it and their receptive
+    field, then the guided filter's two box means; chained once per pair in series."""
+    step = PATCH + MARGIN_PX + 2 * int(round(params["gf_radius"])) + 4
+    return step * max(z - 1, 1) if mode == "series" else step
+
+
+def _stats(gray, view, *, mode, **params):
+    return intensity_samples(gray, view)
+
+
+def _reduce_stats(parts, *, mode, min_region, **params):
+    return {"span": intensity_range(parts), "area": min_region * TILED_AREA_BASE}
 
 
 def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps):
@@ -107,7 +156,7 @@ def _scorer(arch, weights, device):
 
 
 def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
-        min_region, gf_radius, gf_eps, nway_rule):
+        min_region, gf_radius, gf_eps, nway_rule, context=None):
     import torch
 
     from .decision import min_region_area, patch_focus_map, remove_small_regions_labels
@@ -116,9 +165,13 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
     check_size(*gray.shape[1:])
     scorer = _scorer(arch, weights, device)
     dev = scorer.device
-    g = normalise(gray)
-    z, h, w = g.shape
-    area = min_region_area((h, w), min_region) if min_region > 0 else 0
+    z, h, w = gray.shape
+    if context is None:
+        g = normalise(gray)
+        area = min_region_area((h, w), min_region) if min_region > 0 else 0
+    else:  # one window of a tiled run: the whole stack's range, a fixed absolute area
+        g = normalise(gray, context.stats["span"])
+        area = context.stats["area"]
     radius = int(round(gf_radius))
 
     def to_t(a):
@@ -181,4 +234,5 @@ register_method(Method(
     param_choices={"arch": ("compact", "liu2017"), "nway_rule": ("soft", "hard")},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
+    tiling=Tiling(reach=_reach, align=2, stats=_stats, reduce_stats=_reduce_stats),
 ))
