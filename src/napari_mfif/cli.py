@@ -101,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--align-frame", default="crop", choices=("crop", "pad"),
                       help="aligned result: cropped to what every slice covers (default) or "
                            "the whole reference frame")
+    tiles = fuse.add_argument_group(
+        "whole slides", "fuse tile by tile: the stack is read region by region from the TIFF "
+        "and the outputs are written as tiled BigTIFFs band by band, so memory stays bounded "
+        "whatever the slide size; used automatically when the stack would not fit in memory")
+    tiles.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                       help="tile edge in pixels (rounded up to a multiple of 64; default 1024)")
+    tiles.add_argument("--overlap", type=int, default=None, metavar="PX",
+                       help="context around each tile (default: the method's reach, which "
+                            "makes the result match whole-image fusion)")
+    tiles.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="run the tiles on a local dask.distributed cluster of N worker "
+                            "processes")
+    tiles.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run the tiles on an existing dask.distributed cluster, e.g. "
+                            "tcp://10.0.0.5:8786 (the workers must see the input files)")
+    tiles.add_argument("--pyramid", action="store_true",
+                       help="also write downsampled levels (2x, 4x, ...) into the output "
+                            "TIFFs, for fast viewing of whole slides")
     fuse.add_argument("--overwrite", action="store_true", help="replace existing output files")
     fuse.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -278,9 +296,20 @@ def _cmd_fuse(args) -> int:
     info = _first_tiff_info(io, args.inputs)
     layout = _layout(args, info)
     header = _stack_header(io, args.inputs)
-    if header is not None:  # too large for memory: say so before reading the pixels
-        check_fits(_one_time_point(header[0], **layout), header[1], method, args.mode,
-                   params=params)
+    tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
+                                         args.scheduler)) or args.pyramid
+    if header is not None and not tiled:  # too large for memory: say so before reading
+        try:
+            check_fits(_one_time_point(header[0], **layout), header[1], method, args.mode,
+                       params=params)
+        except MfifError:
+            # tile by tile instead, where that can be done; else the message stands
+            if (spec.tiling is None or args.align or any(v is not None for v in layout.values())
+                    or not all(io.is_tiff(p) for p in args.inputs)):
+                raise
+            tiled = True
+    if tiled:
+        return _fuse_tiled(args, io, spec, params, outputs, info, layout, start)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
     else:  # aligned slices may differ in size: framed below
@@ -322,6 +351,160 @@ def _cmd_fuse(args) -> int:
         if args.height_map:
             print(f"height map:  {outputs[1].resolve()}")
     return EXIT_OK
+
+
+class _TileBar:
+    """A progress bar over tiles on stderr: redrawn in place on a terminal, a line per
+    tenth otherwise (logs of batch jobs)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet or total <= 0:
+            return
+        if self.tty:
+            width = 30
+            filled = width * done // total
+            sys.stderr.write(f"\rtiles [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+            return
+        tenth = 10 * done // total
+        if tenth > self.shown:
+            self.shown = tenth
+            print(f"tiles {done}/{total} ({100 * done // total}%)", file=sys.stderr, flush=True)
+
+
+def _cluster(args):
+    """A dask.distributed client for --workers / --scheduler (None for neither), and what
+    to close afterwards."""
+    if args.workers is None and args.scheduler is None:
+        return None, []
+    if args.workers is not None and args.scheduler is not None:
+        raise MfifError("give --workers (a local cluster) or --scheduler (an existing one), "
+                        "not both")
+    try:
+        import distributed
+    except ImportError:
+        raise MfifError("--workers and --scheduler need the 'distributed' package "
+                        "(pip install distributed)") from None
+    if args.scheduler is not None:
+        try:
+            client = distributed.Client(args.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise MfifError(f"cannot reach the dask scheduler at {args.scheduler}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+        return client, [client]
+    if args.workers < 1:
+        raise MfifError(f"--workers must be at least 1, got {args.workers}")
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    return client, [client, cluster]
+
+
+def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
+    """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
+    written band by band (see napari_mfif.tiles)."""
+    from ._device import release, resolve_device
+    from .slide_io import TiffStackSource, TiledTiffWriter
+    from .tiles import DEFAULT_TILE, check_tile_size, run_tiles, tileable
+
+    tileable(spec)
+    if args.align:
+        raise MfifError("--align needs the whole stack in memory; it cannot run tile by tile")
+    if any(v is not None for v in layout.values()):
+        raise MfifError("tile by tile, the input is one (Z, Y, X) or (Z, Y, X, RGB) stack; "
+                        "--channel-axis, --time-axis and TIFF hyperstacks with C or T axes "
+                        "are not supported with tiles")
+    if args.focus_channel is not None:
+        raise MfifError("--focus-channel is not supported with tiles (focus is judged on the "
+                        "luminance)")
+    for path in args.inputs:
+        if not io.is_tiff(path):
+            raise MfifError(f"tile by tile, the inputs are read from TIFF files; {path} is not "
+                            "a TIFF")
+    for out in outputs:
+        if io.output_format(out) != "TIFF":
+            raise MfifError(f"tile by tile, the outputs are tiled BigTIFFs; give {out.name} a "
+                            ".tif or .tiff name")
+    if args.overlap is not None and args.overlap < 0:
+        raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
+    tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
+    source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    z, h, w = source.shape[:3]
+    if spec.name == "cnn":
+        from .fusion.cnn_pipeline import check_size
+
+        check_size(h, w)
+    z_step = _z_step_um(args, info) if args.height_map and args.height_units == "um" else None
+    if z_step is None and args.height_map and args.height_units == "um":
+        z_step = source.z_step_um
+    device = resolve_device(args.device, spec.devices, spec.name)
+    pixel = {"pixel_size": source.pixel_size, "unit": "um" if source.pixel_size else None}
+    client, to_close = _cluster(args)
+    try:
+        with TiledTiffWriter(outputs[0], source.shape[1:], source.dtype, pyramid=args.pyramid,
+                             overwrite=args.overwrite, **pixel) as fused_out:
+            height_out = None
+            if args.height_map:
+                height_out = TiledTiffWriter(outputs[1], (h, w), np.float32,
+                                             pyramid=args.pyramid, overwrite=args.overwrite,
+                                             **pixel)
+            try:
+                def on_band(y0, image, height):
+                    fused_out.write_band(y0, image)
+                    if height_out is not None:
+                        if z_step is not None:
+                            height = (height * z_step).astype(np.float32)
+                        height_out.write_band(y0, height)
+
+                from .tiles import as_dask
+
+                run = run_tiles(as_dask(source, tile), spec.name, args.mode, device, params,
+                                tile=tile, overlap=args.overlap, dtype=source.dtype,
+                                on_band=on_band, progress=_TileBar(args.quiet))
+                if height_out is not None:
+                    height_out.close()
+            except BaseException:
+                if height_out is not None:
+                    height_out.abort()
+                raise
+        # the fused image is moved into place last of all; if that fails, no height map alone
+    except BaseException:
+        if args.height_map and outputs[1].exists() and not _existed_before(outputs[1], start):
+            outputs[1].unlink(missing_ok=True)
+        raise
+    finally:
+        release(device)
+        for thing in to_close:
+            thing.close()
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        plan = run.plan
+        print(f"fused {z} slices of {h}x{w} {source.dtype} with {spec.name} ({args.mode}, "
+              f"{device}) in {elapsed:.1f} s: {plan.n_tiles} tiles of {plan.tile} px, overlap "
+              f"{plan.overlap} px, {run.passes} pass{'es' if run.passes > 1 else ''}, "
+              f"{run.workers} worker{'s' if run.workers > 1 else ''}")
+        print(f"fused image: {outputs[0].resolve()}")
+        if args.height_map:
+            print(f"height map:  {outputs[1].resolve()}")
+    return EXIT_OK
+
+
+def _existed_before(path: Path, start: float) -> bool:
+    try:
+        return path.stat().st_mtime < time.time() - (time.perf_counter() - start) - 1
+    except OSError:
+        return False
 
 
 def _cmd_sample(args) -> int:

@@ -1,0 +1,138 @@
+"""Whole slides from the command line: TIFF read by regions, tiled BigTIFF written by bands."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_mfif as mf
+from napari_mfif import _memory, io
+from napari_mfif.cli import main
+from napari_mfif.synthetic import fluorescence_image, focal_stack
+
+
+def run_cli(*args):
+    exe = Path(sys.executable).parent / "napari-mfif"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    """A 6-slice 301 x 453 uint16 stack as an ImageJ hyperstack with pixel size and z step,
+    and as one tiled zlib BigTIFF per slice."""
+    s = focal_stack(fluorescence_image((301, 453), seed=4), n_slices=6, photons=300.0,
+                    dtype=np.uint16, seed=4)
+    folder = tmp_path_factory.mktemp("slide")
+    stack = folder / "stack.tif"
+    tifffile.imwrite(stack, s.stack, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})
+    planes = []
+    for k, plane in enumerate(s.stack):
+        planes.append(folder / f"plane_{k}.tif")
+        tifffile.imwrite(planes[-1], plane, bigtiff=True, tile=(64, 64), compression="zlib")
+    return s, stack, planes
+
+
+def test_tiled_cli_equals_whole_image_cli_and_keeps_pixel_size(slide, tmp_path):
+    s, stack, _ = slide
+    whole, tiled = tmp_path / "whole.tif", tmp_path / "tiled.tif"
+    assert main(["fuse", str(stack), "-o", str(whole), "-q"]) == 0
+    res = run_cli("fuse", stack, "-o", tiled, "--height-map", tmp_path / "h.tif",
+                  "--height-units", "um", "--tile-size", "128")
+    assert res.returncode == 0, res.stderr
+    assert "12 tiles of 128 px, overlap 64 px, 3 passes" in res.stdout
+    assert "tiles 36/36 (100%)" in res.stderr  # the progress over tiles
+    a, b = tifffile.imread(whole), tifffile.imread(tiled)
+    assert b.dtype == np.uint16 and np.array_equal(a, b)
+    api = mf.fuse(s.stack)
+    assert np.array_equal(b, api.image)
+    assert np.array_equal(tifffile.imread(tmp_path / "h.tif"), api.index_map * np.float32(1.5))
+    scale = io.read_physical_scale(tiled)
+    assert scale.scale == pytest.approx((0.5, 0.5)) and scale.units == ("µm", "µm")
+    with tifffile.TiffFile(tiled) as tif:
+        assert tif.pages[0].is_tiled and tif.is_bigtiff
+
+
+def test_one_file_per_slice_compressed_tiles_and_a_pyramid(slide, tmp_path):
+    s, _, planes = slide
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", *map(str, planes), "-o", str(out), "--tile-size", "192",
+                 "--pyramid", "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+    assert np.array_equal(levels[0], mf.fuse(s.stack).image)
+    assert len(levels) >= 2 and levels[1].shape == (151, 227)
+    expected = levels[0][:300, :452].reshape(150, 2, 226, 2).astype(float).mean(axis=(1, 3))
+    assert np.abs(levels[1][:150, :226] - expected).max() <= 0.5
+
+
+def test_local_cluster_from_the_command_line(slide, tmp_path):
+    s, stack, _ = slide
+    out = tmp_path / "fused.tif"
+    res = run_cli("fuse", stack, "-o", out, "--workers", "2", "--tile-size", "128")
+    assert res.returncode == 0, res.stderr
+    assert "2 workers" in res.stdout
+    assert np.array_equal(tifffile.imread(out), mf.fuse(s.stack).image)
+
+
+def test_too_large_for_memory_is_tiled_automatically(slide, tmp_path, monkeypatch, capsys):
+    s, stack, _ = slide
+    # room for a slice, not for fusing the stack in memory
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 4 * 2**20)
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", str(stack), "-o", str(out)]) == 0
+    assert "tiles of 1024 px" in capsys.readouterr().out
+    assert np.array_equal(tifffile.imread(out), mf.fuse(s.stack).image)
+
+
+def test_interrupted_tiled_run_leaves_no_output(slide, tmp_path, monkeypatch, capsys):
+    from napari_mfif import cli
+
+    _, stack, _ = slide
+    out, height = tmp_path / "fused.tif", tmp_path / "h.tif"
+
+    def interrupt(self, done, total):
+        if done > total // 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._TileBar, "__call__", interrupt)
+    code = main(["fuse", str(stack), "-o", str(out), "--height-map", str(height),
+                 "--tile-size", "128"])
+    assert code == 130 and "no output was written" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temp file
+
+
+def test_existing_outputs_are_kept_without_overwrite(slide, tmp_path):
+    _, stack, _ = slide
+    out = tmp_path / "fused.tif"
+    out.write_bytes(b"keep me")
+    res = run_cli("fuse", stack, "-o", out, "--tile-size", "128")
+    assert res.returncode == 2 and "exists" in res.stderr
+    assert out.read_bytes() == b"keep me"
+    assert run_cli("fuse", stack, "-o", out, "--tile-size", "128", "--overwrite").returncode == 0
+    assert tifffile.imread(out).shape == (301, 453)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--tile-size", "128", "--align", "translation"], "--align needs the whole stack"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+    (["--tile-size", "0"], "tile size must be a positive"),
+    (["--overlap", "-1"], "--overlap must be a whole number"),
+    (["--tile-size", "128", "--method", "cnn", "-p", "min_region=0", "--focus-channel", "0"],
+     "--focus-channel is not supported with tiles"),
+])
+def test_bad_tiled_requests_are_one_line_errors(slide, tmp_path, extra, message):
+    _, stack, _ = slide
+    res = run_cli("fuse", stack, "-o", tmp_path / "out.tif", *extra)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_png_output_is_refused_with_tiles(slide, tmp_path):
+    _, stack, _ = slide
+    res = run_cli("fuse", stack, "-o", tmp_path / "out.png", "--tile-size", "128")
+    assert res.returncode == 2 and "tiled BigTIFFs" in res.stderr
