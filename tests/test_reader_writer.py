@@ -354,3 +354,31 @@ def test_writer_keeps_a_narrow_stack_a_stack(tmp_path):
                          {"scale": (2.0, 0.5, 0.5), "units": ("µm",) * 3, "rgb": False})
     assert np.array_equal(read_image(path), data)
     assert read_physical_scale(path).scale == (2.0, 0.5, 0.5)
+
+
+def test_a_fused_slide_with_a_pyramid_opens_as_multiscale_read_by_regions(tmp_path):
+    from napari_mfif.slide_io import write_tiled
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 65535, (1500, 2300), dtype=np.uint16)
+    path = tmp_path / "fused.tif"
+    write_tiled(path, image, pyramid=True, pixel_size=(0.25, 0.25))
+    (data, kwargs, kind), = napari_get_reader(str(path))(str(path))
+    assert kind == "image" and kwargs["multiscale"] is True
+    assert [d.shape for d in data][:3] == [(1500, 2300), (750, 1150), (375, 575)]
+    assert data[0].chunksize == (1024, 1024)  # by regions, not the whole page
+    assert np.array_equal(data[0][1000:1400, 2000:2300].compute(), image[1000:1400, 2000:2300])
+    assert tuple(kwargs["scale"]) == pytest.approx((0.25, 0.25))
+
+
+def test_viewer_shows_a_pyramid_slide_as_a_multiscale_layer(make_napari_viewer, tmp_path):
+    from napari_mfif.slide_io import write_tiled
+
+    image = (np.arange(1200 * 1300, dtype=np.uint32) % 4001).astype(np.uint16).reshape(1200, 1300)
+    path = tmp_path / "fused.tif"
+    write_tiled(path, image, pyramid=True)
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(path), plugin="napari-mfif")
+    assert layer.multiscale and layer.data[0].shape == (1200, 1300)
+    assert np.array_equal(np.asarray(layer.data[1][:10, :10]), np.asarray(
+        image[:20, :20].reshape(10, 2, 10, 2).astype(float).mean(axis=(1, 3)) + 0.5, dtype=np.uint16))

@@ -75,7 +75,8 @@ def read_tiff(path) -> list[tuple]:
     from .io import _tiff_info, read_lazy
 
     path = Path(path)
-    data = read_lazy(path)
+    levels = _slide_levels(path)
+    data = levels if levels is not None else read_lazy(path)
     info = _tiff_info(path)
     scale, units = info.physical
     kwargs = {
@@ -85,8 +86,51 @@ def read_tiff(path) -> list[tuple]:
         "metadata": {"napari_mfif": {"source": str(path), "axes": info.axes,
                                      "units": units}},
     }
+    if levels is not None and len(levels) > 1:
+        kwargs["multiscale"] = True
     kwargs.update(_layer_units_kwarg(units))
     return [(data, kwargs, "image")]
+
+
+#: a single image larger than this (pixels) is read by regions rather than page by page
+_SLIDE_PIXELS = 4096 * 4096
+_SLIDE_CHUNK = 1024
+
+
+def _slide_levels(path: Path):
+    """For one 2-D (or RGB) image stored in tiles, such as a fused whole slide: its
+    resolution levels (a pyramid's SubIFDs) as dask arrays read region by region, so that
+    napari decodes only the tiles it shows; None for anything else (read page by page)."""
+    import numpy as np
+    import tifffile
+
+    from .slide_io import TiffStackSource, _Slice, _stamp, as_dask
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            levels = list(series.levels)
+            page = series.keyframe
+            rgb = series.ndim == 3 and series.shape[-1] in (3, 4)
+            if len(series) != 1 or not (series.ndim == 2 or rgb) or not page.is_tiled:
+                return None
+            if len(levels) == 1 and np.prod(series.shape[:2]) <= _SLIDE_PIXELS:
+                return None
+            found = [(tuple(level.shape), np.dtype(level.dtype), int(level.keyframe.offset))
+                     for level in levels]
+    except Exception:  # anything unusual: the page-by-page reader says what is wrong
+        return None
+    file = os.fspath(path)
+    try:
+        arrays = []
+        for shape, dtype, ifd in found:
+            source = TiffStackSource([file], (1,) + shape, dtype.newbyteorder("="),
+                                     [_Slice(0, ifd, -1)], [_stamp(file)])
+            arrays.append(as_dask(source, _SLIDE_CHUNK)[0])
+        arrays[0][:1, :1].compute()  # the first level's layout is readable by regions
+    except MfifError:
+        return None
+    return arrays
 
 
 def _layer_units_kwarg(units) -> dict:
