@@ -261,10 +261,12 @@ def real_stacks(runs, timer):
     IMG.mkdir(parents=True, exist_ok=True)
     lines = ["", "## Real microscopy stacks (no ground truth): pictures", "",
              "Fused images and height maps (viridis, first slice dark) of the default classic "
-             "method, the CNN in both modes and the mean projection; judge them by eye. Each "
+             "method, the sum-modified-Laplacian, the Laplacian pyramid and the wavelet "
+             "fusion, the CNN in both modes and the mean projection; judge them by eye. Each "
              "picture is a full-resolution centre crop of at most 480 x 480 pixels; the time is "
              "for the whole stack.", ""]
-    picks = [("tenengrad", "nway"), ("cnn", "nway"), ("cnn", "series"), ("mean", "")]
+    picks = [("tenengrad", "nway"), ("sml", "nway"), ("laplacian_pyramid", "nway"),
+             ("wavelet", "nway"), ("cnn", "nway"), ("cnn", "series"), ("mean", "")]
     for name, folder, pattern, factor in REAL:
         root = DATA / folder
         files = sorted(root.glob(pattern))

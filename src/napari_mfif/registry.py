@@ -34,7 +34,8 @@ from ._errors import MfifError
 MODES = ("nway", "series")
 
 # modules whose import registers the built-in methods
-_BUILTIN_MODULES = ("napari_mfif.focus.classic", "napari_mfif.fusion.cnn_pipeline")
+_BUILTIN_MODULES = ("napari_mfif.focus.classic", "napari_mfif.focus.sml",
+                    "napari_mfif.fusion.multiscale", "napari_mfif.fusion.cnn_pipeline")
 
 _REGISTRY: dict[str, "Method"] = {}
 _builtins_loaded = False
