@@ -382,3 +382,21 @@ def test_viewer_shows_a_pyramid_slide_as_a_multiscale_layer(make_napari_viewer, 
     assert layer.multiscale and layer.data[0].shape == (1200, 1300)
     assert np.array_equal(np.asarray(layer.data[1][:10, :10]), np.asarray(
         image[:20, :20].reshape(10, 2, 10, 2).astype(float).mean(axis=(1, 3)) + 0.5, dtype=np.uint16))
+
+
+def test_a_stack_of_large_slices_opens_by_regions(tmp_path, monkeypatch):
+    from napari_mfif import _reader
+
+    monkeypatch.setattr(_reader, "_SLIDE_PIXELS", 300 * 300)  # "large" for a small test file
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 255, (3, 400, 2100), dtype=np.uint8)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+    (data, kwargs, _), = napari_get_reader(str(path))(str(path))
+    assert "multiscale" not in kwargs and data.shape == stack.shape
+    assert data.chunksize == (1, 400, 1024)
+    assert np.array_equal(data[1, 100:300, 1000:1500].compute(), stack[1, 100:300, 1000:1500])
+    # a small stack is still read page by page
+    monkeypatch.setattr(_reader, "_SLIDE_PIXELS", 4096 * 4096)
+    (data, _, _), = read_tiff(str(path))
+    assert data.chunksize == (1, 400, 2100)

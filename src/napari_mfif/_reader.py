@@ -76,7 +76,7 @@ def read_tiff(path) -> list[tuple]:
 
     path = Path(path)
     levels = _slide_levels(path)
-    data = levels if levels is not None else read_lazy(path)
+    data = read_lazy(path) if levels is None else levels[0] if len(levels) == 1 else levels
     info = _tiff_info(path)
     scale, units = info.physical
     kwargs = {
@@ -98,14 +98,36 @@ _SLIDE_CHUNK = 1024
 
 
 def _slide_levels(path: Path):
-    """For one 2-D (or RGB) image stored in tiles, such as a fused whole slide: its
-    resolution levels (a pyramid's SubIFDs) as dask arrays read region by region, so that
-    napari decodes only the tiles it shows; None for anything else (read page by page)."""
+    """For whole-slide data, dask arrays read region by region (1024-px chunks), so that
+    napari decodes only the tiles it shows and tiled fusion reads only its windows:
+
+    - one 2-D (or RGB) image stored in tiles, such as a fused slide: its resolution levels
+      (a pyramid's SubIFDs), when it has several or is larger than 4096 x 4096 px;
+    - a (Z, Y, X[, RGB]) stack whose slices are larger than 4096 x 4096 px: one array.
+
+    None for anything else, which is read page by page."""
     import numpy as np
     import tifffile
 
     from .slide_io import TiffStackSource, _Slice, _stamp, as_dask
 
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            levels = list(series.levels)
+            page = series.keyframe
+            rgb = series.ndim == 3 and series.shape[-1] in (3, 4)
+            big = np.prod(page.shape[:2]) > _SLIDE_PIXELS
+            stack = len(series) > 1 and series.ndim == (4 if rgb or page.ndim == 3 else 3)
+    except Exception:  # anything unusual: the page-by-page reader says what is wrong
+        return None
+    if stack:
+        if not big:
+            return None
+        try:
+            return [as_dask(TiffStackSource.open(path), _SLIDE_CHUNK)]
+        except MfifError:  # not readable by regions (e.g. channels as pages): page by page
+            return None
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
