@@ -187,3 +187,16 @@ def test_local_cluster_with_two_worker_processes_gives_the_same_result():
         ran = {t["worker"] for t in stream.data if "task_fuse" in str(t["key"])}
         assert len(ran) == 2, ran
     _same(whole, res)
+
+
+def test_bands_taller_than_the_hand_on_slices_arrive_in_order():
+    from napari_mfif.tiles import BAND_ROWS, run_tiles
+
+    s = _fluorescence()
+    bands = []
+    run_tiles(da.from_array(s.stack), "tenengrad", "nway", "cpu",
+              mf.available_methods()["tenengrad"].params, tile=320,
+              on_band=lambda y0, image, height: bands.append((y0, image, height)))
+    assert [y0 for y0, _, _ in bands] == [0, BAND_ROWS]  # one band of 301 rows, in 2 slices
+    image = np.concatenate([b[1] for b in bands])
+    assert np.array_equal(image, mf.fuse(s.stack).image)

@@ -45,6 +45,8 @@ DEFAULT_TILE = 1024
 TILE_MULTIPLE = 64
 #: overlaps are multiples of this (windows then start on every method's grid)
 OVERLAP_MULTIPLE = 16
+#: results are handed on (``on_band``) in slices of at most this many rows
+BAND_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,8 @@ def run_tiles(
 ) -> TiledRun:
     """Fuse a (Z, Y, X[, C]) dask array tile by tile.
 
-    ``on_band(y0, image, height)`` receives the result one band (row of tiles) at a time,
-    top to bottom: ``image`` (rows, X[, C]) in ``dtype`` (default: the input's),
+    ``on_band(y0, image, height)`` receives the result top to bottom, a band (row of tiles)
+    at a time in slices of at most :data:`BAND_ROWS` rows: ``image`` (rows, X[, C]) in ``dtype`` (default: the input's),
     ``height`` (rows, X) float32 in slices. ``progress(done, total)`` counts tile tasks
     over all passes and may raise to cancel. ``params`` are the method's resolved
     parameters; ``device`` a resolved device.
@@ -372,11 +374,16 @@ def run_tiles(
             pending.setdefault(band_of[id(t)], {})[t.box[2] + t.view.core[2]] = result
         while next_band in pending and len(pending[next_band]) == len(plan.rows[next_band]):
             row = plan.rows[next_band]
-            pieces = pending.pop(next_band)
-            xs = sorted(pieces)
-            image = np.concatenate([pieces[x][0] for x in xs], axis=1)
-            height = np.concatenate([pieces[x][1] for x in xs], axis=1)
-            on_band(row[0].box[0] + row[0].view.core[0], image, height)
+            done_row = pending.pop(next_band)
+            pieces = [done_row[x] for x in sorted(done_row)]
+            y0 = row[0].box[0] + row[0].view.core[0]
+            rows = pieces[0][0].shape[0]
+            # handed on in slices of rows, so a whole band is never copied at once
+            for r in range(0, rows, BAND_ROWS):
+                image = np.concatenate([p[0][r:r + BAND_ROWS] for p in pieces], axis=1)
+                height = np.concatenate([p[1][r:r + BAND_ROWS] for p in pieces], axis=1)
+                on_band(y0 + r, image, height)
+            del pieces, done_row
             next_band += 1
         tick(len(batch))
     return TiledRun(plan, passes, device, parallel)
