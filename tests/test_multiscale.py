@@ -206,3 +206,12 @@ def test_cli_runs_each_method(tmp_path, method):
     params = {"wavelet": "haar", "levels": 2} if method == "wavelet" else {}
     assert np.array_equal(tifffile.imread(tmp_path / "f.tif"),
                           mf.fuse(s.stack, method=method, **params).image)
+
+
+@pytest.mark.parametrize("method", ["laplacian_pyramid", "wavelet"])
+def test_apply_fusion_says_a_transform_domain_method_has_no_weights(method):
+    s = focal_stack(n_slices=3, shape=(48, 48), seed=2)
+    res = mf.fuse(s.stack, method, return_weights=True)
+    assert res.weights is None
+    with pytest.raises(mf.MfifError, match="transform domain"):
+        mf.apply_fusion(s.stack, res)

@@ -359,6 +359,11 @@ def apply_fusion(stack: Any, result: FusionResult, *, channel_axis: int | None =
         (Y, X) or (Y, X, C), the dtype of ``stack``.
     """
     if result.weights is None:
+        if not get_method(result.method).pixelwise:
+            raise MfifError(
+                f"method {result.method!r} fuses in a transform domain and has no per-pixel "
+                "weights to apply; fuse the other stack on its own, or use a method that fuses "
+                "pixel by pixel (tenengrad, variance, sml, cnn)")
         raise MfifError("apply_fusion needs the result's weights; fuse with return_weights=True")
     if result.weights.ndim != 3:
         raise MfifError("apply_fusion takes one time point; apply it to each time point's result")

@@ -60,6 +60,9 @@ class Method:
     #: how the method runs tile by tile on images too large for memory (``None``: it
     #: cannot, and the tiled engine refuses it); see :class:`napari_mfif.tiles.Tiling`
     tiling: Any = None
+    #: False for methods that fuse in a transform domain (pyramid, wavelet): they have no
+    #: per-slice pixel weights to return or to apply to another stack
+    pixelwise: bool = True
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's defaults updated with ``given``; unknown names are an error."""

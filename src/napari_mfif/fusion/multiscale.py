@@ -401,6 +401,7 @@ register_method(
         params=dict(_PYRAMID_DEFAULTS),
         param_help={k: _HELP[k] for k in _PYRAMID_DEFAULTS},
         devices=("cpu",),
+        pixelwise=False,
     )
 )
 
@@ -415,5 +416,6 @@ register_method(
         param_help={k: _HELP[k] for k in _WAVELET_DEFAULTS},
         param_choices={"wavelet": WAVELETS, "activity": ("energy", "max_abs")},
         devices=("cpu",),
+        pixelwise=False,
     )
 )
