@@ -349,9 +349,10 @@ def test_writer_output_opens_in_napari_reader(tmp_path):
     reader = napari_get_reader(str(path))
     assert reader is not None
     (data, kwargs, kind), = reader(str(path))
-    assert kind == "image" and kwargs["rgb"]
+    assert kind == "image" and kwargs["rgb"] and kwargs["multiscale"]  # a pyramid
     assert kwargs["scale"] == pytest.approx((0.4, 0.4))
-    np.testing.assert_array_equal(np.asarray(data), image)
+    np.testing.assert_array_equal(np.asarray(data[0]), image)
+    np.testing.assert_array_equal(np.asarray(data[1]), _mean2x2(image))
 
 
 def _mean2x2(image: np.ndarray) -> np.ndarray:

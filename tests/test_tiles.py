@@ -42,7 +42,7 @@ def test_plan_covers_every_pixel_once_with_windows_on_the_grid():
     assert plan.n_tiles == 3 * 4
 
 
-@pytest.mark.parametrize("method", ["tenengrad", "variance"])
+@pytest.mark.parametrize("method", ["tenengrad", "variance", "sml"])
 @pytest.mark.parametrize("mode", ["nway", "series"])
 def test_classic_tiles_equal_whole_image_bit_for_bit(method, mode):
     s = _fluorescence()
