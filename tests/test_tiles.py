@@ -154,15 +154,17 @@ def test_bad_tiling_requests_are_one_line_errors(kwargs, match):
     assert "\n" not in str(info.value)
 
 
-def test_a_method_that_cannot_tile_says_which_can():
-    from napari_mfif.registry import available_methods
+def test_a_method_that_cannot_tile_says_which_can(monkeypatch):
+    from napari_mfif.registry import _REGISTRY, Method
 
-    untileable = [n for n, m in available_methods().items() if m.tiling is None]
-    if not untileable:
-        pytest.skip("every registered method can tile")
+    tenengrad = mf.available_methods()["tenengrad"]
+    whole_only = Method(name="whole-only", summary="a method without tiling",
+                        run=tenengrad.run, params=dict(tenengrad.params))
+    monkeypatch.setitem(_REGISTRY, "whole-only", whole_only)
     s = _fluorescence(n_slices=3, shape=(64, 64))
-    with pytest.raises(MfifError, match="cannot run tile by tile.*tenengrad"):
-        mf.fuse(s.stack, untileable[0], tile_size=64)
+    assert mf.fuse(s.stack, "whole-only").image.shape == (64, 64)
+    with pytest.raises(MfifError, match="'whole-only' cannot run tile by tile.*tenengrad"):
+        mf.fuse(s.stack, "whole-only", tile_size=64)
 
 
 def test_cnn_reach_constants_match_the_network():
@@ -200,3 +202,28 @@ def test_bands_taller_than_the_hand_on_slices_arrive_in_order():
     assert [y0 for y0, _, _ in bands] == [0, BAND_ROWS]  # one band of 301 rows, in 2 slices
     image = np.concatenate([b[1] for b in bands])
     assert np.array_equal(image, mf.fuse(s.stack).image)
+
+
+@pytest.mark.parametrize("method", ["laplacian_pyramid", "wavelet"])
+@pytest.mark.parametrize("mode,levels", [("nway", 3), ("nway", 5), ("series", 2)])
+def test_multiscale_tiles_equal_whole_image_bit_for_bit(method, mode, levels):
+    # 600 x 700 so that even the widest default overlap (384 px) leaves windows smaller
+    # than the image; every level's sample grid must line up with the whole image's
+    from napari_mfif.synthetic import cells_image
+
+    s = focal_stack(cells_image((600, 700), seed=2), n_slices=4, photons=200.0, seed=2)
+    whole = mf.fuse(s.stack, method, mode, levels=levels)
+    tiled = mf.fuse(s.stack, method, mode, levels=levels, tile_size=128)
+    assert tiled.tiles.plan.overlap % 64 == 0
+    _same(whole, tiled)
+    # a user overlap is rounded up onto the grid too; too small an overlap shows
+    short = mf.fuse(s.stack, method, mode, levels=levels, tile_size=128, overlap=1)
+    assert short.tiles.plan.overlap == 64
+    if levels == 5:  # its real reach (70-80 px) is beyond 64 px
+        assert not np.array_equal(whole.image, short.image)
+
+
+def test_multiscale_tiles_need_a_fixed_number_of_levels():
+    s = _fluorescence(n_slices=3, shape=(64, 64))
+    with pytest.raises(MfifError, match="wavelet needs a fixed number of levels"):
+        mf.fuse(s.stack, "wavelet", levels=0, tile_size=64)

@@ -60,7 +60,8 @@ class Tiling:
     align : int
         Windows must start on multiples of this (e.g. 2 for a stride-2 network).
     stats, reduce_stats : callables, optional
-        ``stats(gray, view, *, mode, **params) -> part`` on every window, then
+        ``stats(gray, view, *, mode, stack, **params) -> part`` on every window (``stack``:
+        the window's (Z, Y, X, C) float slices), then
         ``reduce_stats(parts, *, mode, **params) -> stats`` once.
     coarse, reduce_coarse : callables, optional
         ``coarse(stack, gray, view, stats, *, mode, **params) -> part`` on every window,
@@ -132,10 +133,12 @@ def check_tile_size(tile: Any) -> int:
 
 def plan_tiles(shape: tuple[int, int], tile: int, overlap: int) -> Plan:
     """Cut an (H, W) image into ``tile`` x ``tile`` tiles (the last ones smaller) with
-    windows that reach ``overlap`` px further on each side (clipped at the image edge)."""
+    windows that reach ``overlap`` px further on each side (clipped at the image edge;
+    rounded up to a multiple of :data:`OVERLAP_MULTIPLE`, at least one)."""
     h, w = (int(n) for n in shape)
     tile = check_tile_size(tile)
-    overlap = _round_up(max(int(overlap), 0), OVERLAP_MULTIPLE)
+    # at least one multiple: the statistics passes look one pixel around the core
+    overlap = _round_up(max(int(overlap), 1), OVERLAP_MULTIPLE)
     rows = []
     for y0 in range(0, h, tile):
         y1 = min(h, y0 + tile)
@@ -192,8 +195,8 @@ def task_stats(window, view: View, method: str, mode: str, params: dict, focus_c
     from .registry import get_method
 
     spec = get_method(method)
-    _, gray, _ = _prepare(window, focus_channel)
-    return spec.tiling.stats(gray, view, mode=mode, **params)
+    work, gray, _ = _prepare(window, focus_channel)
+    return spec.tiling.stats(gray, view, mode=mode, stack=work, **params)
 
 
 def task_coarse(window, view: View, method: str, mode: str, params: dict, focus_channel, stats):
@@ -306,6 +309,9 @@ def run_tiles(
     z, h, w = (int(n) for n in array.shape[:3])
     if overlap is None:
         overlap = default_overlap(spec, params, z, mode)
+    else:  # windows must still start on the method's grid
+        overlap = _round_up(max(int(overlap), 1),
+                            math.lcm(OVERLAP_MULTIPLE, max(int(tiling.align), 1)))
     plan = plan_tiles((h, w), tile, overlap)
     dtype = np.dtype(dtype or array.dtype)
     params = _params(spec, params)

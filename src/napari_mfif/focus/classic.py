@@ -98,7 +98,7 @@ def _floored(mode: str, noise_floor: float) -> bool:
     return mode == "nway" and noise_floor > 0
 
 
-def _stats(measure, gray, view, *, mode, presmooth, window, smooth, noise_floor):
+def _stats(measure, gray, view, *, mode, presmooth, window, smooth, noise_floor, stack=None):
     """Tiled pass 1: the noise samples of this window (N-way with a noise floor only)."""
     return noise_samples(gray, view) if _floored(mode, noise_floor) else None
 

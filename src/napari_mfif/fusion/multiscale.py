@@ -55,7 +55,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..registry import Method, register_method
-from ..stack import noise_sigma
+from ..stack import noise_samples, noise_sigma, noise_sigma_from
+from ..tiles import Tiling
 
 #: Burt & Adelson's generating kernel with a = 0.375
 _KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -218,10 +219,10 @@ def _to_pixels(level_map: np.ndarray, shape: tuple[int, int], offset: int | None
     return level_map[iy][:, ix]
 
 
-def _in_range(fused: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """Clip (Y, X, C) to each channel's range over the (Z, Y, X, C) stack."""
-    lo = stack.min(axis=(0, 1, 2))
-    hi = stack.max(axis=(0, 1, 2))
+def _in_range(fused: np.ndarray, stack: np.ndarray, span=None) -> np.ndarray:
+    """Clip (Y, X, C) to each channel's range over the (Z, Y, X, C) stack (``span``: that
+    range, (lo, hi), measured on the whole stack of a tiled run)."""
+    lo, hi = span if span is not None else (stack.min(axis=(0, 1, 2)), stack.max(axis=(0, 1, 2)))
     return np.clip(fused, lo, hi, out=fused)
 
 
@@ -282,7 +283,8 @@ def noise_floors(t: "_Transform", sigma: float, shape, multiple: float) -> list[
             for d in t.decompose(noise)[:-1]]
 
 
-def _nway(t: _Transform, stack, gray, progress, consistency, noise_floor):
+def _nway(t: _Transform, stack, gray, progress, consistency, noise_floor, sigma=None,
+          shape=None, span=None):
     z = stack.shape[0]
     total = 2 * z
     best = choice = None
@@ -301,7 +303,8 @@ def _nway(t: _Transform, stack, gray, progress, consistency, noise_floor):
     choice = [majority(c, consistency) for c in choice]
     # trust in the choice: 0 where the best activity is not above what noise reaches, 1 from
     # twice that; where it is low the slices' coefficients are averaged instead
-    floors = noise_floors(t, noise_sigma(gray), gray.shape[1:], noise_floor)
+    floors = noise_floors(t, noise_sigma(gray) if sigma is None else sigma,
+                          gray.shape[1:] if shape is None else shape, noise_floor)
     trust = None
     if floors is not None:
         trust = [ndi.uniform_filter(np.clip(b / f - 1, 0, 1).astype(stack.dtype), 3,
@@ -328,7 +331,7 @@ def _nway(t: _Transform, stack, gray, progress, consistency, noise_floor):
         for i, (m, w) in enumerate(zip(mean, trust)):
             if w is not None:
                 fused[i] = _each(lambda ff, mm: mm + w * (ff - mm), fused[i], m)
-    image = _in_range(t.reconstruct(fused, stack.shape[1:]), stack)
+    image = _in_range(t.reconstruct(fused, stack.shape[1:]), stack, span)
     index = _to_pixels(choice[0], gray.shape[1:], t.offset).astype(np.float32)
     return image, index, None
 
@@ -339,7 +342,7 @@ def _pair_choice(t: _Transform, a_bands, b_bands, consistency):
             for da, db in zip(a_bands[:-1], b_bands[:-1])]
 
 
-def _series(t: _Transform, stack, gray, progress, consistency):
+def _series(t: _Transform, stack, gray, progress, consistency, span=None):
     z = stack.shape[0]
     shape = stack.shape[1:]
     # the gray image rides along as one more channel, so the running result's gray is fused
@@ -358,7 +361,7 @@ def _series(t: _Transform, stack, gray, progress, consistency):
         index = np.where(_to_pixels(take_a[0], shape[:2], t.offset), index, k).astype(np.float32)
         if progress is not None:
             progress(k, z - 1)
-    image = _in_range(np.ascontiguousarray(running[..., :-1]), stack)
+    image = _in_range(np.ascontiguousarray(running[..., :-1]), stack, span)
     return image, index, None
 
 
@@ -370,11 +373,76 @@ def _gray_of(band):
 
 
 def _run(kind, stack, gray, *, mode, device, progress, keep_weights, levels, consistency,
-         noise_floor, wavelet="db2", activity="energy"):
-    t = _Transform(kind, stack.shape[1:], levels, wavelet, activity)
+         noise_floor, wavelet="db2", activity="energy", context=None):
+    if context is None:
+        t = _Transform(kind, stack.shape[1:], levels, wavelet, activity)
+        sigma = shape = span = None
+    else:  # one window of a tiled run: the whole image's size, noise and range
+        t = _Transform(kind, context.view.shape, levels, wavelet, activity)
+        sigma, span = context.stats["sigma"], context.stats["span"]
+        shape = context.view.shape
     if mode == "nway":
-        return _nway(t, stack, gray, progress, int(consistency), noise_floor)
-    return _series(t, stack, gray, progress, int(consistency))
+        return _nway(t, stack, gray, progress, int(consistency), noise_floor, sigma, shape, span)
+    return _series(t, stack, gray, progress, int(consistency), span)
+
+
+# -- tile by tile ---------------------------------------------------------------------------------
+
+#: windows start on multiples of this, so that every level's sample grid is the whole image's
+#: (enough for 6 levels; more are refused tile by tile)
+_ALIGN = 64
+
+
+def _levels_used(kind, shape, levels, wavelet):
+    if kind == "pyramid":
+        return pyramid_levels(shape, levels)
+    return wavelet_levels(shape, wavelet, levels)
+
+
+def _tile_reach(kind, params: dict, z: int, mode: str, shape=None) -> int:
+    """How far (px) a fused pixel depends on the input, for ``levels`` L (the number asked
+    for; at most :data:`_ALIGN`'s log2) and the consistency window m: the pyramid's 5-tap
+    REDUCE/EXPAND chain reaches about (9 + max((m - 1) // 2, 1)) 2^(L-1) px; the DWT's filters
+    of length F 2 (F - 1)(2^L - 1) + 2^(L+1) px; both plus the majority and trust filters at
+    the coarsest level (m // 2 + 2) 2^L. Chained once per pair in series."""
+    levels = int(params["levels"])
+    m = int(params["consistency"])
+    if levels <= 0 or 2 ** levels > _ALIGN:
+        from .._errors import MfifError
+
+        raise MfifError(
+            f"tile by tile, {'laplacian_pyramid' if kind == 'pyramid' else 'wavelet'} needs a "
+            f"fixed number of levels from 1 to {int(math.log2(_ALIGN))}; got levels={levels}")
+    span = 2 ** levels
+    if kind == "pyramid":
+        step = (9 + max((m - 1) // 2, 1)) * span // 2
+    else:
+        f = _pywt().Wavelet(params["wavelet"]).dec_len
+        step = 2 * (f - 1) * (span - 1) + 2 * span
+    step += (m // 2 + 2) * span
+    return step * max(z - 1, 1) if mode == "series" else step
+
+
+def _tile_stats(gray, view, *, mode, stack, noise_floor, **params):
+    """A window's noise samples (N-way with a noise floor) and its core's range per channel."""
+    y0, y1, x0, x1 = view.core
+    core = stack[:, y0:y1, x0:x1]
+    samples = noise_samples(gray, view) if mode == "nway" and noise_floor > 0 else None
+    return samples, core.min(axis=(0, 1, 2)), core.max(axis=(0, 1, 2))
+
+
+def _tile_reduce_stats(parts, *, mode, noise_floor, **params):
+    sigma = 0.0
+    if parts[0][0] is not None:
+        sigma = noise_sigma_from([p[0] for p in parts])
+    lo = np.min([p[1] for p in parts], axis=0)
+    hi = np.max([p[2] for p in parts], axis=0)
+    return {"sigma": sigma, "span": (lo, hi)}
+
+
+def _tiling(kind: str) -> Tiling:
+    return Tiling(reach=partial(_tile_reach, kind), align=_ALIGN, stats=_tile_stats,
+                  reduce_stats=_tile_reduce_stats)
 
 
 def _pair_maps(kind, a, b, *, device, levels, consistency, noise_floor, wavelet="db2",
@@ -402,6 +470,7 @@ register_method(
         param_help={k: _HELP[k] for k in _PYRAMID_DEFAULTS},
         devices=("cpu",),
         pixelwise=False,
+        tiling=_tiling("pyramid"),
     )
 )
 
@@ -417,5 +486,6 @@ register_method(
         param_choices={"wavelet": WAVELETS, "activity": ("energy", "max_abs")},
         devices=("cpu",),
         pixelwise=False,
+        tiling=_tiling("wavelet"),
     )
 )
