@@ -356,3 +356,28 @@ def test_widget_applies_the_decision_to_other_channels_and_aligns(make_napari_vi
     assert abs(alignment["shifts"][4][0] + 6) < 0.5  # slice 4 vs the reference, slice 2
     assert "aligned 5 slices" in alignment["report"]
     assert gfp.colormap.name == "green"
+
+
+def test_widget_fuses_a_slide_too_large_for_memory_tile_by_tile(make_napari_viewer, qtbot,
+                                                                 tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_mfif import _memory
+
+    s = focal_stack(n_slices=4, shape=(300, 420), dtype=np.uint16, seed=6)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, s.stack, imagej=True, metadata={"axes": "ZYX"})
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(path), plugin=PLUGIN)  # a lazy dask layer
+    # room for a window of tiles, not for the whole stack
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 6 * 2**20)
+    widget = open_widget(viewer, FUSE)
+    widget.image.value = layer
+    widget.run()
+    job = widget.job
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    fused = viewer.layers["slide fused"]
+    monkeypatch.undo()
+    assert np.array_equal(fused.data, mf.fuse(s.stack).image)
+    # progress went over the tile tasks of three passes (one 1024-px tile here)
+    assert job.steps[-1] == (3, 3)
