@@ -157,7 +157,7 @@ def test_widget_reports_progress_per_slice(make_napari_viewer, qtbot):
     job = widget.job  # it records the progress it shows, from before the worker starts
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     steps = job.steps
-    assert steps and steps[-1][0] == steps[-1][1] == 8  # tenengrad nway: 2 steps per slice
+    assert steps and steps[-1][0] == steps[-1][1] == 8  # sml nway (the default): 2 steps per slice
     assert [d for d, _ in steps] == sorted(d for d, _ in steps)
 
 
