@@ -201,7 +201,7 @@ def test_bands_taller_than_the_hand_on_slices_arrive_in_order():
               on_band=lambda y0, image, height: bands.append((y0, image, height)))
     assert [y0 for y0, _, _ in bands] == [0, BAND_ROWS]  # one band of 301 rows, in 2 slices
     image = np.concatenate([b[1] for b in bands])
-    assert np.array_equal(image, mf.fuse(s.stack).image)
+    assert np.array_equal(image, mf.fuse(s.stack, "tenengrad").image)
 
 
 @pytest.mark.parametrize("method", ["laplacian_pyramid", "wavelet"])

@@ -78,6 +78,11 @@ _FACTORS = {
 _NETWORK = {
     "compact": {"nway": 240, "series": 400},
     "liu2017": {"nway": 1250, "series": 1850},
+    # compact-sized variants: compact's figures, not measured separately (the wavelet net's
+    # features are at half resolution, so it needs less)
+    "dual": {"nway": 240, "series": 400},
+    "wavelet": {"nway": 240, "series": 400},
+    "compact_mixed": {"nway": 240, "series": 400},
 }
 _OVERHEAD = {"classic": 8 * _MIB, "cnn": 352 * _MIB}
 #: extra bytes per voxel for ``return_weights=True`` in series mode
