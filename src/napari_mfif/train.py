@@ -17,6 +17,18 @@ reported accuracy. Seeds are fixed; the same command on the same versions gives 
 weights.
 
     python -m napari_mfif.train --arch compact -o src/napari_mfif/focus/weights/compact.pt
+
+The variants (``docs/cnn.md``) train on the same data with the same held-out protocol, e.g.
+the dual-stream net as paper 004 trains it (Adam, binary cross-entropy, early stopping on the
+validation loss)::
+
+    python -m napari_mfif.train --arch dual --loss bce --early-stop 4 --steps 2500 \
+        -o src/napari_mfif/focus/weights/dual.pt
+
+Early stopping (``--early-stop PATIENCE``) evaluates the loss on validation pairs drawn from
+the *training* images with their own seed (the held-out images stay untouched) every
+``--val-every`` steps, stops after PATIENCE evaluations without improvement and keeps the
+best weights.
 """
 
 from __future__ import annotations
@@ -165,10 +177,10 @@ def _dihedral(p: np.ndarray, t: int) -> np.ndarray:
 def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float = 1e-3,
           optimizer: str = "adam", seed: int = 0, threads: int | None = None,
           heldout_pairs: int = 20000, equal_fraction: float = 0.15,
+          loss: str = "ce", early_stop: int = 0, val_every: int = 0, val_pairs: int = 4000,
           log=print) -> tuple[object, dict]:
     """Train a FocusNet; returns the net and a record of the run (accuracy, time, args)."""
     import torch
-    import torch.nn.functional as F
 
     from .focus.cnn import ARCHS, FocusNet, count_parameters
 
@@ -177,7 +189,7 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spec = ARCHS[arch]
-    net = FocusNet(spec.channels, spec.fc)
+    net = FocusNet(spec.channels, spec.fc, streams=spec.streams, pool=spec.pool, input=spec.input)
     t0 = time.perf_counter()
     train_sampler = PairSampler(source_images("train", seed), rng, equal_fraction=equal_fraction)
     held = source_images("heldout", seed)
@@ -186,6 +198,12 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
     paper_set = PairSampler(held, np.random.default_rng(seed + 98), mild_fraction=0.0,
                             noise=False).sample(heldout_pairs)
     micro_set = PairSampler(held, np.random.default_rng(seed + 99)).sample(heldout_pairs)
+    val_set = None
+    if early_stop > 0:
+        # validation pairs from the training images with their own generator
+        val_set = PairSampler(source_images("train", seed), np.random.default_rng(seed + 97),
+                              equal_fraction=equal_fraction).sample(val_pairs)
+        val_every = val_every or max(steps // 25, 1)
     if optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=lr)
     else:  # the paper: SGD, momentum 0.9, weight decay 5e-4
@@ -195,31 +213,41 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
         f"pairs, {optimizer} lr {lr}; data ready in {time.perf_counter() - t0:.1f} s")
     net.train()
     t_train = time.perf_counter()
+    best = (float("inf"), 0, None)  # (validation loss, step, state) for early stopping
+    stale, stopped_at, val_history = 0, None, []
     for step in range(1, steps + 1):
         a, b, y = train_sampler.sample(batch)
-        a_t = torch.from_numpy(a)[:, None]
-        b_t = torch.from_numpy(b)[:, None]
-        y_t = torch.from_numpy(y)
-        logits, sa, sb = net(a_t, b_t)
-        # pair head: 2-way softmax, class 0 = "first is in focus" (soft targets: 0.5 for
-        # equally sharp pairs)
-        loss_pair = F.cross_entropy(logits, torch.stack([y_t, 1 - y_t], dim=1))
-        # slice-score head: P(first in focus) = sigmoid(s_a - s_b), binary cross-entropy
-        loss_score = F.binary_cross_entropy_with_logits(sa - sb, y_t)
-        loss = loss_pair + loss_score
+        loss_pair, loss_score = _losses(net, a, b, y, loss)
+        total = loss_pair + loss_score
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         opt.step()
         sched.step()
         if step % max(steps // 10, 1) == 0 or step == steps:
             log(f"  step {step}/{steps}  loss {loss_pair.item():.4f} + {loss_score.item():.4f}  "
                 f"({time.perf_counter() - t_train:.0f} s)")
+        if val_set is not None and (step % val_every == 0 or step == steps):
+            v = validation_loss(net, *val_set, loss)
+            val_history.append([step, round(v, 5)])
+            if v < best[0]:
+                best = (v, step, {k: t.detach().clone() for k, t in net.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+                if stale >= early_stop:
+                    stopped_at = step
+                    log(f"  early stop at step {step}: no better validation loss for "
+                        f"{early_stop} checks (best {best[0]:.4f} at step {best[1]})")
+                    break
+    if val_set is not None and best[2] is not None:
+        net.load_state_dict(best[2])
     train_seconds = time.perf_counter() - t_train
     acc_pair, acc_score = evaluate(net, *paper_set)
     acc_pair_m, acc_score_m = evaluate(net, *micro_set)
     record = {
         "arch": arch, "steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer,
-        "seed": seed, "pairs_seen": steps * batch, "equal_fraction": equal_fraction,
+        "seed": seed, "pairs_seen": (stopped_at or steps) * batch,
+        "equal_fraction": equal_fraction,
         "scales": list(SCALES),
         "heldout_pairs": heldout_pairs,
         "heldout_accuracy_pair_head": round(acc_pair, 5),
@@ -227,6 +255,11 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
         "heldout_accuracy_pair_head_noisy_mild": round(acc_pair_m, 5),
         "heldout_accuracy_score_head_noisy_mild": round(acc_score_m, 5),
         "train_seconds": round(train_seconds, 1),
+        **({"loss": loss} if loss != "ce" else {}),
+        **({"early_stop_patience": early_stop, "val_every": val_every, "val_pairs": val_pairs,
+            "val_source": "training images, own seed", "stopped_at_step": stopped_at,
+            "best_step": best[1], "best_val_loss": round(best[0], 5),
+            "val_history": val_history} if val_set is not None else {}),
         "threads": torch.get_num_threads(),
         "torch": str(torch.__version__), "numpy": np.__version__, "python": sys.version.split()[0],
         "machine": platform.machine(),
@@ -237,6 +270,40 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
         f"with noise and mild blur: {acc_pair_m:.4f}, {acc_score_m:.4f}; "
         f"training took {train_seconds:.0f} s")
     return net, record
+
+
+def _losses(net, a, b, y, loss: str = "ce"):
+    """The two training losses of a batch of pairs (pair head, slice-score head)."""
+    import torch
+    import torch.nn.functional as F
+
+    y_t = torch.from_numpy(y)
+    logits, sa, sb = net(torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None])
+    if loss == "bce":
+        # binary cross-entropy on P(first in focus) = sigmoid(l0 - l1) (paper 004); the same
+        # function of the logits as the 2-way softmax cross-entropy below
+        loss_pair = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], y_t)
+    else:
+        # pair head: 2-way softmax, class 0 = "first is in focus" (soft targets: 0.5 for
+        # equally sharp pairs)
+        loss_pair = F.cross_entropy(logits, torch.stack([y_t, 1 - y_t], dim=1))
+    # slice-score head: P(first in focus) = sigmoid(s_a - s_b), binary cross-entropy
+    loss_score = F.binary_cross_entropy_with_logits(sa - sb, y_t)
+    return loss_pair, loss_score
+
+
+def validation_loss(net, a, b, y, loss: str = "ce", batch: int = 2048) -> float:
+    """Mean (pair + score) loss over validation pairs."""
+    import torch
+
+    net.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for s in range(0, len(y), batch):
+            lp, ls = _losses(net, a[s:s + batch], b[s:s + batch], y[s:s + batch], loss)
+            total += (lp.item() + ls.item()) * len(y[s:s + batch])
+    net.train()
+    return total / len(y)
 
 
 def evaluate(net, a: np.ndarray, b: np.ndarray, y: np.ndarray, batch: int = 2048):
@@ -273,6 +340,15 @@ def main(argv=None) -> int:
     p.add_argument("--equal-fraction", type=float, default=0.15,
                    help="share of equally sharp pairs (label 0.5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--loss", choices=("ce", "bce"), default="ce",
+                   help="pair-head loss: 2-way softmax cross-entropy (Liu 2017) or binary "
+                        "cross-entropy on P(first in focus) (paper 004); the same function")
+    p.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE validation checks without improvement and keep "
+                        "the best weights (0 = off)")
+    p.add_argument("--val-every", type=int, default=0,
+                   help="steps between validation checks (default steps/25)")
+    p.add_argument("--val-pairs", type=int, default=4000)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.output)
@@ -281,7 +357,9 @@ def main(argv=None) -> int:
         return 2
     net, record = train(args.arch, args.steps, args.batch, args.lr, args.optimizer, args.seed,
                         args.threads, heldout_pairs=args.heldout_pairs,
-                        equal_fraction=args.equal_fraction)
+                        equal_fraction=args.equal_fraction, loss=args.loss,
+                        early_stop=args.early_stop, val_every=args.val_every,
+                        val_pairs=args.val_pairs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".part")
     save_weights(net, tmp, args.arch, record)

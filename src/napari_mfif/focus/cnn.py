@@ -22,6 +22,20 @@ borders. Here a patch is always seen with a 4-pixel margin of real image (its re
 in training and at inference, and the image border is mirrored; the dense map then equals
 scoring each patch on its own exactly (``tests/test_cnn.py``). The convolution and
 fully-connected shapes, and so the parameter counts, are the paper's.
+
+**Variants** (``ARCHS``; ``docs/cnn.md``), all with the same patch, stride, margin and heads,
+so the same dense inference and decision steps serve them all:
+
+- ``dual``: the dual-stream, *pseudo-siamese* network of paper 004: two branches of the same
+  shape **without** shared weights, one for the first image of a pair (stream 0) and one for
+  the second (stream 1). The slice-score head sits on stream 0 only: a single slice is scored
+  as a "first" image, so N-way scoring stays O(Z);
+- ``wavelet``: the PDMNet idea (paper 002): the branch input is the one-level Haar DWT of the
+  image (sub-bands LL, LH, HL, HH as 4 channels at half resolution, computed densely on the
+  2-pixel grid), then 3x3, 3x3 and 1x1 convolutions at half resolution. The receptive field
+  stays within the 4-pixel margin, so dense == patch-by-patch still holds;
+- ``compact_mixed``: ``compact`` with the mixed max/average pooling of paper 001:
+  ``lam * max + (1 - lam) * avg`` with one learned ``lam = sigmoid(theta)``.
 """
 
 from __future__ import annotations
@@ -52,6 +66,9 @@ class Arch:
     channels: tuple[int, int, int]
     fc: int
     description: str
+    streams: int = 1        # 1: siamese (shared branch weights); 2: pseudo-siamese
+    pool: str = "max"       # "max" or "mixed" (max/average, paper 001)
+    input: str = "gray"     # "gray" or "haar" (one-level Haar sub-bands, paper 002)
 
 
 ARCHS = {
@@ -60,22 +77,78 @@ ARCHS = {
                     "pair network)"),
     "compact": Arch("compact", (16, 32, 32), 64,
                     "16/32/32 filters, FC 64: about 60x fewer operations per pixel"),
+    "dual": Arch("dual", (16, 32, 32), 64,
+                 "dual-stream pseudo-siamese (paper 004): compact-sized branches without "
+                 "weight sharing; trained with Adam, binary cross-entropy, early stopping",
+                 streams=2),
+    "wavelet": Arch("wavelet", (16, 32, 32), 64,
+                    "Haar wavelet sub-bands LL/LH/HL/HH as the input (PDMNet idea, paper 002), "
+                    "3x3-3x3-1x1 convolutions at half resolution",
+                    input="haar"),
+    "compact_mixed": Arch("compact_mixed", (16, 32, 32), 64,
+                          "compact with mixed max/average pooling (paper 001)", pool="mixed"),
 }
+
+STREAMS, POOLS, INPUTS = (1, 2), ("max", "mixed"), ("gray", "haar")
+
+
+class MixedPool2d(nn.Module):
+    """Mixed pooling (paper 001): ``lam * maxpool + (1 - lam) * avgpool``, 2 x 2, stride 2,
+    with one learned mixing weight ``lam = sigmoid(theta)`` (0.5 at the start)."""
+
+    def __init__(self):
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        lam = torch.sigmoid(self.theta)
+        return lam * F.max_pool2d(x, 2) + (1 - lam) * F.avg_pool2d(x, 2)
+
+
+class HaarDWT(nn.Module):
+    """One-level orthonormal Haar DWT on the 2-pixel grid: (N, 1, H, W) with even H, W ->
+    (N, 4, H/2, W/2) sub-bands LL, LH, HL, HH (no parameters)."""
+
+    def forward(self, x):
+        a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+        c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+        return 0.5 * torch.cat([a + b + c + d, a + b - c - d, a - b + c - d, a - b - c + d],
+                               dim=1)
+
+
+def _trunk(channels, pool: str, input: str) -> nn.Sequential:
+    c1, c2, c3 = channels
+    if input == "haar":
+        # everything at half resolution; receptive radius 2 half-res px = MARGIN
+        return nn.Sequential(
+            HaarDWT(),
+            nn.Conv2d(4, c1, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c3, 1), nn.ReLU(inplace=True),
+        )
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2) if pool == "max" else MixedPool2d(),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
+    )
 
 
 class FocusNet(nn.Module):
     """Siamese focus network with a pair head (the paper's) and a slice-score head."""
 
-    def __init__(self, channels=(64, 128, 256), fc: int = 256):
+    def __init__(self, channels=(64, 128, 256), fc: int = 256, streams: int = 1,
+                 pool: str = "max", input: str = "gray"):
         super().__init__()
+        if streams not in STREAMS or pool not in POOLS or input not in INPUTS:
+            raise ValueError(f"unknown network variant: streams={streams!r}, pool={pool!r}, "
+                             f"input={input!r}")
         c1, c2, c3 = channels
         self.channels, self.fc = tuple(channels), fc
-        self.trunk = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
-        )
+        self.streams, self.pool, self.input = streams, pool, input
+        self.trunk = _trunk(channels, pool, input)
+        if streams == 2:  # pseudo-siamese: the second image's branch has its own weights
+            self.trunk_b = _trunk(channels, pool, input)
         block = PATCH // 2
         self.pair_fc = nn.Conv2d(2 * c3, fc, block)   # = Linear(2 * c3 * 8 * 8, fc)
         self.pair_out = nn.Conv2d(fc, 2, 1)           # = Linear(fc, 2)
@@ -83,10 +156,11 @@ class FocusNet(nn.Module):
         self.score_out = nn.Conv2d(fc, 1, 1)
 
     # -- features -------------------------------------------------------------------
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, stream: int = 0) -> torch.Tensor:
         """Branch features for images (N, 1, H, W) that carry a MARGIN-pixel border of
-        context: (N, c3, (H - 2*MARGIN)/2, (W - 2*MARGIN)/2)."""
-        f = self.trunk(x)
+        context: (N, c3, (H - 2*MARGIN)/2, (W - 2*MARGIN)/2). ``stream`` 1 is the second
+        image's branch (its own weights in a dual-stream net, the shared one otherwise)."""
+        f = (self.trunk_b if stream == 1 and self.streams == 2 else self.trunk)(x)
         m = MARGIN // 2
         return f[..., m:f.shape[-2] - m, m:f.shape[-1] - m]
 
@@ -99,16 +173,20 @@ class FocusNet(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor):
         """Training forward on patch pairs with context, (N, 1, 24, 24) each: returns the
-        pair head's 2 logits (N, 2) and the two slice scores (N,), (N,)."""
-        fa, fb = self.features(a), self.features(b)
+        pair head's 2 logits (N, 2) and the two slice scores (N,), (N,). In a dual-stream
+        net the pair head sees A through stream 0 and B through stream 1, and both slice
+        scores come from stream 0 (the branch that scores single slices)."""
+        fa, fb = self.features(a, 0), self.features(b, 1)
         logits = self.pair_logits(fa, fb)[..., 0, 0]
-        return logits, self.slice_scores(fa)[..., 0, 0], self.slice_scores(fb)[..., 0, 0]
+        fb_score = self.features(b, 0) if self.streams == 2 else fb
+        return logits, self.slice_scores(fa)[..., 0, 0], self.slice_scores(fb_score)[..., 0, 0]
 
 
 def count_parameters(net: nn.Module, heads: str = "pair") -> int:
     """Parameters of the trunk plus the named heads ('pair', 'score' or 'all')."""
-    names = {"pair": ("trunk", "pair_fc", "pair_out"), "score": ("trunk", "score_fc", "score_out"),
-             "all": ("trunk", "pair_fc", "pair_out", "score_fc", "score_out")}[heads]
+    names = {"pair": ("trunk", "trunk_b", "pair_fc", "pair_out"),
+             "score": ("trunk", "score_fc", "score_out"),
+             "all": ("trunk", "trunk_b", "pair_fc", "pair_out", "score_fc", "score_out")}[heads]
     return sum(p.numel() for n, p in net.named_parameters() if n.split(".")[0] in names)
 
 
@@ -137,12 +215,13 @@ class DenseScorer:
         self.device = torch.device(device)
 
     @torch.inference_mode()
-    def features(self, gray: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Dense branch features of one image (H, W) or a batch (N, H, W)."""
+    def features(self, gray: np.ndarray | torch.Tensor, stream: int = 0) -> torch.Tensor:
+        """Dense branch features of one image (H, W) or a batch (N, H, W); ``stream`` 1 for
+        the second image of a pair (matters for dual-stream nets only)."""
         if not isinstance(gray, torch.Tensor):
             gray = torch.as_tensor(np.ascontiguousarray(gray, dtype=np.float32), device=self.device)
         t = gray.reshape((-1, 1) + gray.shape[-2:])
-        return self.net.features(pad_for_dense(t))
+        return self.net.features(pad_for_dense(t), stream)
 
     @torch.inference_mode()
     def pair_probability(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
@@ -165,8 +244,15 @@ def save_weights(net: FocusNet, path: str | Path, arch: str, meta: dict) -> None
     ``torch.load(weights_only=True)``)."""
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in net.state_dict().items()}
     meta = json.loads(json.dumps(meta, default=str))  # plain types only: weights_only loading
-    torch.save({"format": "napari-mfif-focusnet-1", "arch": arch, "channels": list(net.channels),
-                "fc": net.fc, "state_dict": state, "meta": meta}, path)
+    blob = {"format": "napari-mfif-focusnet-1", "arch": arch, "channels": list(net.channels),
+            "fc": net.fc, "state_dict": state, "meta": meta}
+    # variant fields only where they differ from the original siamese net, so that files of
+    # the original shape keep their exact layout (absent = 1 stream, max pooling, gray input)
+    for key, value, default in (("streams", net.streams, 1), ("pool", net.pool, "max"),
+                                ("input", net.input, "gray")):
+        if value != default:
+            blob[key] = value
+    torch.save(blob, path)
 
 
 def read_weights(path: str | Path) -> dict:
@@ -186,7 +272,9 @@ def read_weights(path: str | Path) -> dict:
 def _cached_net(path: str, mtime: float, device: str) -> FocusNet:
     blob = read_weights(path)
     try:
-        net = FocusNet(tuple(int(c) for c in blob["channels"]), int(blob["fc"]))
+        net = FocusNet(tuple(int(c) for c in blob["channels"]), int(blob["fc"]),
+                       streams=int(blob.get("streams", 1)), pool=str(blob.get("pool", "max")),
+                       input=str(blob.get("input", "gray")))
     except (KeyError, TypeError, ValueError):
         raise MfifError(f"{path} does not say which network its weights are for") from None
     state = blob.get("state_dict")

@@ -22,6 +22,20 @@ equally. Two rules turn the scores into weights (``nway_rule``):
 Either way each slice's weight map is smoothed with the same guided filter and the weights are
 normalised to sum to one. The height map is the weighted slice index.
 
+``arch`` picks the network (``focus.cnn.ARCHS``): ``compact`` (default), ``liu2017``, and the
+variants of issue 4: ``dual`` (pseudo-siamese two-stream, paper 004; in a pair the first image
+goes through stream 0, the second through stream 1; single slices are scored by stream 0's
+slice-score head), ``wavelet`` (Haar sub-bands as input, paper 002) and ``compact_mixed``
+(mixed max/average pooling, paper 001).
+
+``pyramid_levels`` > 1 (paper 001's Gaussian pyramid) scores the inputs at 1/2, 1/4, ... of
+their size too (5-tap binomial Gaussian, then every second pixel), spreads each level's scores
+over its patches, upsamples the maps bilinearly to full size and averages them in logit space:
+the nway slice scores directly, in series mode the logits of the per-level focus maps. A
+coarse level judges 16 x 16 patches that cover 32 x 32, 64 x 64, ... pixels, so large blurred
+areas with little fine texture are judged too; where a level is confident it dominates the
+mean. Levels smaller than a patch are skipped. ``pyramid_levels=1`` is the original pipeline.
+
 Intensities are scaled to [0, 1] with one pair of percentiles (0.1, 99.9) for the whole stack
 before scoring, so 8-, 12- and 16-bit data look alike to the network and ``gf_eps`` means what
 it means in the paper. Torch is imported only when the method runs.
@@ -45,22 +59,34 @@ DEFAULTS = {
     "gf_radius": 8,
     "gf_eps": 0.1,
     "nway_rule": "soft",
+    "pyramid_levels": 1,
 }
 HELP = {
-    "arch": "network architecture whose shipped weights are used: compact or liu2017",
+    "arch": "network whose shipped weights are used: compact, liu2017, dual (two-stream), "
+            "wavelet (Haar sub-band input) or compact_mixed (mixed pooling)",
     "weights": "path of a weights file from 'python -m napari_mfif.train' (overrides arch)",
     "threshold": "focus-map threshold of the binary decision (paper: 0.5)",
     "min_region": "regions smaller than this fraction of H*W are flipped (paper: 0.01; 0 = off)",
     "gf_radius": "guided-filter radius in pixels (paper: 8)",
     "gf_eps": "guided-filter regularisation for [0, 1] images (paper: 0.1)",
     "nway_rule": "nway weights: soft (probability of being the sharpest) or hard (argmax)",
+    "pyramid_levels": "Gaussian-pyramid levels scored and combined (1 = full size only; "
+                      "at most 4)",
 }
+ARCH_NAMES = ("compact", "liu2017", "dual", "wavelet", "compact_mixed")
 
 
 #: the network judges 16 x 16 patches (focus.cnn.PATCH; not imported: that imports torch)
 PATCH = 16
 #: its receptive field reaches this far beyond a patch (focus.cnn.MARGIN)
 MARGIN_PX = 4
+#: most Gaussian-pyramid levels: the coarsest (1/8 size) times the network's stride 2 is the
+#: window alignment of tiled runs (ALIGN)
+MAX_PYRAMID_LEVELS = 4
+ALIGN = 2 ** MAX_PYRAMID_LEVELS
+#: reach of the pyramid's 5-tap blur + decimation and of the bilinear upsampling, per unit of
+#: the coarsest level's scale
+PYRAMID_EXTRA = 3
 
 
 def check_size(h: int, w: int) -> None:
@@ -111,10 +137,21 @@ def normalise(gray: np.ndarray, span: tuple[float, float] | None = None) -> np.n
     return ((gray - lo) * scale).astype(np.float32)
 
 
+def _levels(params: dict) -> int:
+    levels = params.get("pyramid_levels", 1)
+    if not 1 <= levels <= MAX_PYRAMID_LEVELS:
+        raise MfifError(f"pyramid_levels must be 1 to {MAX_PYRAMID_LEVELS}, not {levels}")
+    return int(levels)
+
+
 def _reach(params: dict, z: int, mode: str) -> int:
     """Pixels a fused pixel depends on: the patches that cover it and their receptive
-    field, then the guided filter's two box means; chained once per pair in series."""
-    step = PATCH + MARGIN_PX + 2 * int(round(params["gf_radius"])) + 4
+    field (at the coarsest pyramid level, scale f: f times as far, plus the pyramid's blur
+    and the upsampling), then the guided filter's two box means; chained once per pair in
+    series."""
+    f = 2 ** (_levels(params) - 1)
+    step = ((PATCH + MARGIN_PX + (PYRAMID_EXTRA if f > 1 else 0)) * f
+            + 2 * int(round(params["gf_radius"])) + 4)
     return step * max(z - 1, 1) if mode == "series" else step
 
 
@@ -126,18 +163,95 @@ def _reduce_stats(parts, *, mode, min_region, **params):
     return {"span": intensity_range(parts), "area": min_region * TILED_AREA_BASE}
 
 
-def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps):
+def _pyramid(x, levels: int) -> list:
+    """Gaussian pyramid of (N, H, W) tensors: the input, then each level blurred with the
+    5-tap binomial kernel [1 4 6 4 1]/16 (mirrored edges) and decimated by 2, as long as a
+    level is at least one patch. Level l's pixel i sits at pixel 2**l * i of the input."""
+    import torch
+    import torch.nn.functional as F
+
+    out = [x]
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device, dtype=x.dtype) / 16
+    for _ in range(levels - 1):
+        cur = out[-1][:, None]
+        if min(cur.shape[-2:]) <= 2:
+            break
+        cur = F.conv2d(F.pad(cur, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, 5))
+        cur = F.conv2d(F.pad(cur, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, 5, 1))
+        cur = cur[..., ::2, ::2][:, 0]
+        if min(cur.shape[-2:]) < PATCH:
+            break
+        out.append(cur.contiguous())
+    return out
+
+
+def _upsample(m, level: int, shape):
+    """A level-``level`` map (N, h, w) bilinearly to full size (N, H, W)."""
+    import torch.nn.functional as F
+
+    if level == 0:
+        return m
+    f = 2 ** level
+    up = F.interpolate(m[:, None], size=(m.shape[-2] * f, m.shape[-1] * f), mode="bilinear",
+                       align_corners=False)
+    return up[:, 0, :shape[0], :shape[1]]
+
+
+def _focus_map(scorer, a, b, levels: int):
+    """The focus map of a pair: P(a in focus) per patch spread over the patches, at full size
+    only (levels 1, the papers') or combined over a Gaussian pyramid (mean of the levels'
+    logits)."""
+    import torch
+
+    from .decision import patch_focus_map
+
+    h, w = a.shape
+    if levels == 1:
+        prob = scorer.pair_probability(scorer.features(a), scorer.features(b, 1))[0]
+        return patch_focus_map(prob, (h, w))
+    pa = _pyramid(torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32),
+                                  device=scorer.device)[None], levels)
+    pb = _pyramid(torch.as_tensor(np.ascontiguousarray(b, dtype=np.float32),
+                                  device=scorer.device)[None], levels)
+    total = None
+    for level, (xa, xb) in enumerate(zip(pa, pb)):
+        prob = scorer.pair_probability(scorer.features(xa[0]), scorer.features(xb[0], 1))
+        focus = _upsample(patch_focus_map(prob, xa.shape[-2:]), level, (h, w))[0]
+        logit = torch.logit(focus.clamp(1e-6, 1 - 1e-6))
+        total = logit if total is None else total + logit
+    return torch.sigmoid(total / len(pa))
+
+
+def _slice_scores(scorer, x, levels: int):
+    """Slice scores of one [0, 1] gray slice spread over the patches, at full size or
+    averaged over a Gaussian pyramid."""
+    import torch
+
+    from .decision import patch_focus_map
+
+    h, w = x.shape
+    if levels == 1:
+        return patch_focus_map(scorer.slice_scores(scorer.features(x)), (h, w))[0]
+    pyr = _pyramid(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32),
+                                   device=scorer.device)[None], levels)
+    total = None
+    for level, xl in enumerate(pyr):
+        s = patch_focus_map(scorer.slice_scores(scorer.features(xl[0])), xl.shape[-2:])
+        s = _upsample(s, level, (h, w))[0]
+        total = s if total is None else total + s
+    return total / len(pyr)
+
+
+def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1):
     """The papers' steps for one pair of [0, 1] gray images: the focus map (each patch's
     P(a in focus) spread over its patch) and the final decision D (1 where a is in focus)
     after thresholding, small-region removal and the guided filter."""
     import torch
 
-    from .decision import patch_focus_map, remove_small_regions
+    from .decision import remove_small_regions
     from .guided_filter import guided_filter
 
-    h, w = a.shape
-    prob = scorer.pair_probability(scorer.features(a), scorer.features(b))[0]
-    focus = patch_focus_map(prob, (h, w)).cpu().numpy()
+    focus = _focus_map(scorer, a, b, levels).cpu().numpy()
     binary = remove_small_regions(focus > threshold, area)
     initial = np.where(binary, a, b)  # the initial fused image is the guide
 
@@ -156,13 +270,14 @@ def _scorer(arch, weights, device):
 
 
 def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
-        min_region, gf_radius, gf_eps, nway_rule, context=None):
+        min_region, gf_radius, gf_eps, nway_rule, pyramid_levels=1, context=None):
     import torch
 
-    from .decision import min_region_area, patch_focus_map, remove_small_regions_labels
+    from .decision import min_region_area, remove_small_regions_labels
     from .guided_filter import guided_filter
 
     check_size(*gray.shape[1:])
+    levels = _levels({"pyramid_levels": pyramid_levels})
     scorer = _scorer(arch, weights, device)
     dev = scorer.device
     z, h, w = gray.shape
@@ -181,15 +296,14 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
         if mode == "series":
             def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 return _pair_steps(scorer, a, b, threshold=threshold, area=area,
-                                   radius=radius, gf_eps=gf_eps)[1]
+                                   radius=radius, gf_eps=gf_eps, levels=levels)[1]
 
             return fuse_series(stack, g, pair_decision, progress, keep_weights)
 
         # N-way: one pass per slice with the slice-score head
         scores = np.empty((z, h, w), np.float32)
         for k in range(z):
-            s = scorer.slice_scores(scorer.features(g[k]))
-            scores[k] = patch_focus_map(s, (h, w))[0].cpu().numpy()
+            scores[k] = _slice_scores(scorer, g[k], levels).cpu().numpy()
             if progress is not None:
                 progress(k + 1, z + 1)
         if nway_rule == "soft":
@@ -208,7 +322,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
 
 
 def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, gf_eps,
-              nway_rule):
+              nway_rule, pyramid_levels=1):
     """Focus map and decision of the papers' pipeline for two gray slices."""
     import torch
 
@@ -221,7 +335,8 @@ def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, 
     area = min_region_area((h, w), min_region) if min_region > 0 else 0
     with torch.inference_mode():
         return _pair_steps(scorer, g[0], g[1], threshold=threshold, area=area,
-                           radius=int(round(gf_radius)), gf_eps=gf_eps)
+                           radius=int(round(gf_radius)), gf_eps=gf_eps,
+                           levels=_levels({"pyramid_levels": pyramid_levels}))
 
 
 register_method(Method(
@@ -231,8 +346,10 @@ register_method(Method(
     run=run,
     pair_maps=pair_maps,
     params=dict(DEFAULTS),
-    param_choices={"arch": ("compact", "liu2017"), "nway_rule": ("soft", "hard")},
+    param_choices={"arch": ARCH_NAMES, "nway_rule": ("soft", "hard")},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
-    tiling=Tiling(reach=_reach, align=2, stats=_stats, reduce_stats=_reduce_stats),
+    # windows start on multiples of ALIGN (16): the network's stride 2 at the coarsest
+    # pyramid level (1/8); tiles.py rounds overlaps to multiples of 16 anyway
+    tiling=Tiling(reach=_reach, align=ALIGN, stats=_stats, reduce_stats=_reduce_stats),
 ))
