@@ -569,6 +569,26 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def check_compression(compression: int, name: str) -> None:
+    """Refuse, in one sentence naming ``name`` (e.g. "TIFF file x.tif"), a TIFF compression
+    tifffile cannot decode here (LZW, JPEG, ... without the imagecodecs package)."""
+    import tifffile
+
+    if compression == 1:
+        return
+    try:
+        tifffile.TIFF.DECOMPRESSORS[compression]
+    except KeyError as exc:
+        try:
+            codec = f"{tifffile.COMPRESSION(compression).name} compression"
+        except ValueError:
+            codec = f"compression code {compression}"
+        if "imagecodecs" in str(exc):
+            raise MfifError(f"cannot read {name}: its {codec} needs the imagecodecs "
+                            "package (pip install imagecodecs)") from None
+        raise MfifError(f"cannot read {name}: its {codec} is not one tifffile reads") from None
+
+
 def _check_tiff_series(path: Path, series, chunk_shape: tuple[int, ...] | None = None,
                        pages: list | None = None) -> None:
     """Refuse, before any pixel is decoded, a TIFF series whose compression cannot be
@@ -578,23 +598,9 @@ def _check_tiff_series(path: Path, series, chunk_shape: tuple[int, ...] | None =
 
     ``pages`` are the series' pages where the caller has them; without them, a series that
     tifffile reads as one block is checked without loading its pages."""
-    import tifffile
-
     keyframe = series.keyframe
     compression = int(keyframe.compression)
-    if compression != 1:
-        try:
-            tifffile.TIFF.DECOMPRESSORS[compression]
-        except KeyError as exc:
-            try:
-                name = f"{tifffile.COMPRESSION(compression).name} compression"
-            except ValueError:
-                name = f"compression code {compression}"
-            if "imagecodecs" in str(exc):
-                raise MfifError(f"cannot read TIFF file {path}: its {name} needs the imagecodecs "
-                                "package (pip install imagecodecs)") from None
-            raise MfifError(f"cannot read TIFF file {path}: its {name} is not one tifffile "
-                            "reads") from None
+    check_compression(compression, f"TIFF file {path}")
     shape = tuple(int(n) for n in series.shape)
     stored = -(-math.prod(shape) * int(keyframe.bitspersample) // 8)
     block = series.dataoffset if pages is None else None

@@ -37,6 +37,7 @@ import numpy as np
 from ._errors import MfifError
 from .io import (
     _first_line,
+    check_compression,
     _first_series,
     _micrometres_per,
     _move_into_place,
@@ -140,19 +141,7 @@ def _layout_of(page, path: str, what: str) -> _Layout:
         raise MfifError(f"{name} packs its pixels in {page.bitspersample} bits; only 8, 16 "
                         "and 32-bit samples are read region by region")
     compression, predictor = int(page.compression), int(page.predictor)
-    if compression != 1:
-        try:
-            tifffile.TIFF.DECOMPRESSORS[compression]
-        except KeyError as exc:
-            try:
-                codec = f"{tifffile.COMPRESSION(compression).name} compression"
-            except ValueError:
-                codec = f"compression code {compression}"
-            if "imagecodecs" in str(exc):
-                raise MfifError(f"cannot read {name}: its {codec} needs the imagecodecs "
-                                "package (pip install imagecodecs)") from None
-            raise MfifError(f"cannot read {name}: its {codec} is not one tifffile "
-                            "reads") from None
+    check_compression(compression, name)
     if predictor != 1:
         try:
             tifffile.TIFF.UNPREDICTORS[predictor]
