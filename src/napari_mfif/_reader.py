@@ -119,6 +119,9 @@ def _slide_levels(path: Path):
             rgb = series.ndim == 3 and series.shape[-1] in (3, 4)
             big = np.prod(page.shape[:2]) > _SLIDE_PIXELS
             stack = len(series) > 1 and series.ndim == (4 if rgb or page.ndim == 3 else 3)
+            image = len(series) == 1 and (series.ndim == 2 or rgb) and page.is_tiled
+            found = [(tuple(level.shape), np.dtype(level.dtype), int(level.keyframe.offset))
+                     for level in levels] if image and (big or len(levels) > 1) else None
     except Exception:  # anything unusual: the page-by-page reader says what is wrong
         return None
     if stack:
@@ -128,19 +131,7 @@ def _slide_levels(path: Path):
             return [as_dask(TiffStackSource.open(path), _SLIDE_CHUNK)]
         except MfifError:  # not readable by regions (e.g. channels as pages): page by page
             return None
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            levels = list(series.levels)
-            page = series.keyframe
-            rgb = series.ndim == 3 and series.shape[-1] in (3, 4)
-            if len(series) != 1 or not (series.ndim == 2 or rgb) or not page.is_tiled:
-                return None
-            if len(levels) == 1 and np.prod(series.shape[:2]) <= _SLIDE_PIXELS:
-                return None
-            found = [(tuple(level.shape), np.dtype(level.dtype), int(level.keyframe.offset))
-                     for level in levels]
-    except Exception:  # anything unusual: the page-by-page reader says what is wrong
+    if found is None:
         return None
     file = os.fspath(path)
     try:

@@ -451,6 +451,7 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
     device = resolve_device(args.device, spec.devices, spec.name)
     pixel = {"pixel_size": source.pixel_size, "unit": "um" if source.pixel_size else None}
     client, to_close = _cluster(args)
+    height_written = False
     try:
         with TiledTiffWriter(outputs[0], source.shape[1:], source.dtype, pyramid=args.pyramid,
                              overwrite=args.overwrite, **pixel) as fused_out:
@@ -474,13 +475,14 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
                                 on_band=on_band, progress=_TileBar(args.quiet))
                 if height_out is not None:
                     height_out.close()
+                    height_written = True
             except BaseException:
                 if height_out is not None:
                     height_out.abort()
                 raise
         # the fused image is moved into place last of all; if that fails, no height map alone
     except BaseException:
-        if args.height_map and outputs[1].exists() and not _existed_before(outputs[1], start):
+        if height_written:  # the fused image failed after it: no height map alone
             outputs[1].unlink(missing_ok=True)
         raise
     finally:
@@ -498,13 +500,6 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
         if args.height_map:
             print(f"height map:  {outputs[1].resolve()}")
     return EXIT_OK
-
-
-def _existed_before(path: Path, start: float) -> bool:
-    try:
-        return path.stat().st_mtime < time.time() - (time.perf_counter() - start) - 1
-    except OSError:
-        return False
 
 
 def _cmd_sample(args) -> int:

@@ -87,11 +87,6 @@ class Tile:
     box: tuple[int, int, int, int]
     view: View
 
-    @property
-    def pixels(self) -> int:
-        y0, y1, x0, x1 = self.box
-        return (y1 - y0) * (x1 - x0)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -109,11 +104,6 @@ class Plan:
     @property
     def n_tiles(self) -> int:
         return sum(len(row) for row in self.rows)
-
-    @property
-    def window_pixels(self) -> int:
-        """Pixels of the largest window (what one task holds per slice)."""
-        return max(t.pixels for t in self.tiles)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -184,10 +174,6 @@ def _prepare(window: Any, focus_channel: Any):
         _check_finite(array)
     work, had_channels = with_channel_axis(array)
     return work, focus_gray(work, focus_channel), had_channels
-
-
-def _params(spec, params: dict) -> dict:
-    return {k: params[k] for k in spec.params}
 
 
 def task_stats(window, view: View, method: str, mode: str, params: dict, focus_channel):
@@ -314,7 +300,6 @@ def run_tiles(
                             math.lcm(OVERLAP_MULTIPLE, max(int(tiling.align), 1)))
     plan = plan_tiles((h, w), tile, overlap)
     dtype = np.dtype(dtype or array.dtype)
-    params = _params(spec, params)
     client = _client()
     parallel = _parallel(client, "cuda" in spec.devices and device == "cpu")
     passes = 1 + (tiling.stats is not None) + (tiling.coarse is not None)
