@@ -149,7 +149,7 @@ def test_bad_input_is_one_clear_sentence(stack, message):
         ({"method": "nope"}, "unknown method 'nope'; choose one of: tenengrad"),
         ({"mode": "sideways"}, "unknown mode"),
         ({"device": "tpu"}, "unknown device"),
-        ({"device": "cuda"}, "runs on the CPU only"),
+        ({"method": "wavelet", "device": "cuda"}, "runs on the CPU only"),
         ({"window": "wide"}, "must be a number"),
         ({"window": -1}, "must be >= 0"),
         ({"radius": 3}, "has no parameter 'radius'"),

@@ -197,7 +197,7 @@ def fuse(
     # before a dask array is computed or a list stacked: a stack that cannot fit in memory
     # is one sentence, not the process killed by the operating system
     check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
-    used_device = resolve_device(device, spec.devices, method)
+    used_device = resolve_device(device, spec.devices, method, auto_cuda=spec.auto_cuda)
     array = as_stack(stack)
     work, had_channels = with_channel_axis(array)
     gray = focus_gray(work, focus_channel)
@@ -272,7 +272,7 @@ def _fuse_tiles(stack: Any, spec, mode: str, device: str, resolved: dict, *, til
         from .fusion.cnn_pipeline import check_size
 
         check_size(*shape[1:3])
-    used_device = resolve_device(device, spec.devices, spec.name)
+    used_device = resolve_device(device, spec.devices, spec.name, auto_cuda=spec.auto_cuda)
     array = as_dask(stack, tile)
     image = np.empty(shape[1:], dtype=dtype)
     height = np.empty(shape[1:3], dtype=np.float32)
@@ -415,7 +415,7 @@ def focus_map(
     if spec.pair_maps is None:
         raise MfifError(f"method {method!r} has no two-slice focus map")
     resolved = spec.resolve_params(params)
-    used_device = resolve_device(device, spec.devices, method)
+    used_device = resolve_device(device, spec.devices, method, auto_cuda=spec.auto_cuda)
     work, _ = with_channel_axis(as_stack([slice_a, slice_b]))
     gray = luminance(work)
     try:

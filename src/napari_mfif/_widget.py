@@ -253,7 +253,8 @@ class _LayerJobWidget(Container):
             return
         if self._cuda:
             self.device.choices = ["auto", "cpu", "cuda"]
-            self.device_info.value = f"GPU: {self._cuda}"
+            auto = "GPU" if get_method(self.method.value).auto_cuda else "CPU"
+            self.device_info.value = f"GPU: {self._cuda} (auto: {auto})"
         else:
             self.device.choices = ["auto", "cpu"]
             self.device_info.value = "no CUDA GPU found: runs on the CPU"

@@ -448,7 +448,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
     z_step = _z_step_um(args, info) if args.height_map and args.height_units == "um" else None
     if z_step is None and args.height_map and args.height_units == "um":
         z_step = source.z_step_um
-    device = resolve_device(args.device, spec.devices, spec.name)
+    device = resolve_device(args.device, spec.devices, spec.name,
+                            auto_cuda=spec.auto_cuda)
     pixel = {"pixel_size": source.pixel_size, "unit": "um" if source.pixel_size else None}
     client, to_close = _cluster(args)
     height_written = False

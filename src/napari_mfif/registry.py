@@ -35,7 +35,8 @@ MODES = ("nway", "series")
 
 # modules whose import registers the built-in methods
 _BUILTIN_MODULES = ("napari_mfif.focus.classic", "napari_mfif.focus.sml",
-                    "napari_mfif.fusion.multiscale", "napari_mfif.fusion.cnn_pipeline")
+                    "napari_mfif.fusion.multiscale", "napari_mfif.fusion.cnn_pipeline",
+                    "napari_mfif.fusion.cnn_wavelet")
 
 _REGISTRY: dict[str, "Method"] = {}
 _builtins_loaded = False
@@ -63,6 +64,12 @@ class Method:
     #: False for methods that fuse in a transform domain (pyramid, wavelet): they have no
     #: per-slice pixel weights to return or to apply to another stack
     pixelwise: bool = True
+    #: whether ``device="auto"`` takes CUDA when a GPU is present (False: the method runs
+    #: on the GPU only when asked for by ``device="cuda"``)
+    auto_cuda: bool = True
+    #: whether the method computes in torch on the CPU too (torch then already uses every
+    #: core for one call, so tiles are not run in parallel threads on the CPU)
+    torch_cpu: bool = False
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's defaults updated with ``given``; unknown names are an error."""

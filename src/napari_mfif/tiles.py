@@ -301,7 +301,7 @@ def run_tiles(
     plan = plan_tiles((h, w), tile, overlap)
     dtype = np.dtype(dtype or array.dtype)
     client = _client()
-    parallel = _parallel(client, "cuda" in spec.devices and device == "cpu")
+    parallel = _parallel(client, spec.torch_cpu and device == "cpu")
     passes = 1 + (tiling.stats is not None) + (tiling.coarse is not None)
     total = passes * plan.n_tiles
     done = 0

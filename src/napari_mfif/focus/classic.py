@@ -24,13 +24,13 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..registry import Method, register_method
 from ..tiles import Tiling
-from ..stack import (FILL_REACH, blend, fill_maps, fill_sums, fuse_series, index_from_weights,
-                     noise_samples, noise_sigma, noise_sigma_from, nway_choice,
-                     nway_weights)
+from ..stack import (FILL_REACH, blend, fill_flat_areas, fill_maps, fill_sums, fuse_series,
+                     index_from_weights, noise_samples, noise_sigma, noise_sigma_from,
+                     nway_choice)
+from ._ops import NUMPY, TorchOps, radius as _radius
 
 _DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0, "noise_floor": 3.0}
 _HELP = {
@@ -41,31 +41,33 @@ _HELP = {
                    "its textured neighbours' height and averages nearby slices; 0 = off",
 }
 
+_SOBEL_DERIVATIVE = (-1.0, 0.0, 1.0)
+_SOBEL_SMOOTHING = (1.0, 2.0, 1.0)
+
 
 def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return image
-    return ndi.gaussian_filter(image, sigma, mode="reflect", truncate=3.0)
+    return NUMPY.gaussian(image, sigma)
 
 
-def tenengrad(gray: np.ndarray, *, presmooth: float, window: float) -> np.ndarray:
+def tenengrad(gray, *, presmooth: float, window: float, ops=NUMPY):
     """Tenengrad focus measure: local sum of the squared Sobel gradient magnitude.
 
     Krotkov (1987); Pertuz et al. (2013) "Analysis of focus measure operators for
-    shape-from-focus", operator GRA6.
+    shape-from-focus", operator GRA6. ``ops``: :data:`~napari_mfif.focus._ops.NUMPY` for a
+    numpy ``gray``, a :class:`~napari_mfif.focus._ops.TorchOps` for a tensor.
     """
-    g = _gaussian(gray, presmooth)
-    gx = ndi.sobel(g, axis=1, mode="reflect")
-    gy = ndi.sobel(g, axis=0, mode="reflect")
-    return _gaussian(gx * gx + gy * gy, window)
+    g = ops.gaussian(gray, presmooth)
+    gx = ops.correlate1d(ops.correlate1d(g, _SOBEL_DERIVATIVE, 1), _SOBEL_SMOOTHING, 0)
+    gy = ops.correlate1d(ops.correlate1d(g, _SOBEL_DERIVATIVE, 0), _SOBEL_SMOOTHING, 1)
+    return ops.gaussian(gx * gx + gy * gy, window)
 
 
-def local_variance(gray: np.ndarray, *, presmooth: float, window: float) -> np.ndarray:
+def local_variance(gray, *, presmooth: float, window: float, ops=NUMPY):
     """Local grey-level variance E[g^2] - E[g]^2 over a Gaussian window (Pertuz: STA3)."""
-    g = _gaussian(gray, presmooth)
+    g = ops.gaussian(gray, presmooth)
     w = max(window, 0.5)  # a variance needs a neighbourhood
-    mean = _gaussian(g, w)
-    return np.maximum(_gaussian(g * g, w) - mean * mean, 0)
+    mean = ops.gaussian(g, w)
+    return ops.clip0(ops.gaussian(g * g, w) - mean * mean)
 
 
 def noise_score(measure, sigma: float, *, presmooth: float, window: float) -> float:
@@ -76,11 +78,6 @@ def noise_score(measure, sigma: float, *, presmooth: float, window: float) -> fl
     unit = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
     score = measure(unit, presmooth=presmooth, window=window)[16:-16, 16:-16]
     return float(np.percentile(score, 99)) * sigma * sigma
-
-
-def _radius(sigma: float) -> int:
-    """Pixels a :func:`_gaussian` of ``sigma`` reaches (scipy: int(truncate * sigma + 0.5))."""
-    return int(3.0 * sigma + 0.5) if sigma > 0 else 0
 
 
 def _reach(params: dict, z: int, mode: str) -> int:
@@ -129,8 +126,18 @@ def _reduce_coarse(measure, parts, shape, z, *, mode, presmooth, window, smooth,
 
 def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmooth, window,
          smooth, noise_floor, context=None):
-    focus = partial(measure, presmooth=presmooth, window=window)
-    smoothing = partial(_gaussian, sigma=smooth)
+    ops = TorchOps(device) if device != "cpu" else NUMPY
+    return _fuse(measure, ops, stack, gray, mode=mode, progress=progress,
+                 keep_weights=keep_weights, presmooth=presmooth, window=window, smooth=smooth,
+                 noise_floor=noise_floor, context=context)
+
+
+def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth, window,
+          smooth, noise_floor, context=None):
+    """The fusion with the focus measure and the decision smoothing computed by ``ops``
+    (numpy on the CPU, or torch on ``ops.device``); the flat-area fill, the blend and the
+    noise floor stay in numpy (the floor is measured with the numpy measure, so it is the
+    same number on every device)."""
     if mode == "nway":
         floor, view, maps = 0.0, None, None
         if context is not None:
@@ -138,21 +145,76 @@ def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmoot
         elif noise_floor > 0:
             sigma = noise_sigma(gray)
             floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
-        weights = nway_weights(focus, gray, smoothing, progress, floor=floor, view=view,
-                               maps=maps)
+        if ops is NUMPY:
+            weights, confidence = nway_choice(
+                partial(measure, presmooth=presmooth, window=window), gray,
+                partial(_gaussian, sigma=smooth), progress, floor=floor)
+        else:
+            weights, confidence = _nway_choice_torch(ops, measure, gray, progress, floor=floor,
+                                                     presmooth=presmooth, window=window,
+                                                     smooth=smooth)
+        if confidence is not None:
+            weights = fill_flat_areas(weights, confidence, view=view, maps=maps)
         return blend(stack, weights), index_from_weights(weights), weights
 
-    def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return smoothing((focus(a) >= focus(b)).astype(a.dtype))
+    if ops is NUMPY:
+        focus = partial(measure, presmooth=presmooth, window=window)
+
+        def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return _gaussian((focus(a) >= focus(b)).astype(a.dtype), smooth)
+    else:
+        def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            fa, fb = (measure(ops.tensor(x), presmooth=presmooth, window=window, ops=ops)
+                      for x in (a, b))
+            return ops.numpy(ops.gaussian((fa >= fb).float(), smooth)).astype(a.dtype)
 
     return fuse_series(stack, gray, pair_decision, progress, keep_weights)
+
+
+def _nway_choice_torch(ops, measure, gray, progress, *, floor, presmooth, window, smooth):
+    """:func:`napari_mfif.stack.nway_choice` in torch on ``ops.device``: each slice is sent
+    once, scored, and the running best kept on the device; the weights come back one slice
+    at a time (numpy, ``gray.dtype``)."""
+    torch = ops.torch
+    z = gray.shape[0]
+    with torch.inference_mode():
+        best = choice = None
+        for k in range(z):
+            score = measure(ops.tensor(gray[k]), presmooth=presmooth, window=window, ops=ops)
+            if best is None:
+                best, choice = score, torch.zeros_like(score, dtype=torch.int64)
+            else:
+                better = score > best  # strict: ties go to the lower slice, as on the CPU
+                best = torch.where(better, score, best)
+                choice = torch.where(better, k, choice)
+            if progress is not None:
+                progress(k + 1, 2 * z)
+        maps, total = [], None
+        for k in range(z):
+            maps.append(ops.gaussian((choice == k).float(), smooth))
+            total = maps[-1].clone() if total is None else total.add_(maps[-1])
+            if progress is not None:
+                progress(z + k + 1, 2 * z)
+        weights = np.empty(gray.shape, dtype=gray.dtype)
+        for k, m in enumerate(maps):
+            weights[k] = ops.numpy(m / total)
+        confidence = None
+        if floor > 0:
+            confidence = ops.numpy(
+                ops.gaussian((best / floor - 1).clamp(0, 1), smooth)).astype(gray.dtype)
+    return weights, confidence
 
 
 def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor):
     """Score and decision of the pair (a, b): score = f(a) / (f(a) + f(b)) (0.5 where
     both are flat), decision = the smoothed choose-max map (1 where a is chosen)."""
-    fa = measure(a, presmooth=presmooth, window=window)
-    fb = measure(b, presmooth=presmooth, window=window)
+    if device != "cpu":
+        ops = TorchOps(device)
+        fa, fb = (ops.numpy(measure(ops.tensor(x), presmooth=presmooth, window=window,
+                                    ops=ops)).astype(a.dtype) for x in (a, b))
+    else:
+        fa = measure(a, presmooth=presmooth, window=window)
+        fb = measure(b, presmooth=presmooth, window=window)
     total = fa + fb
     score = np.divide(fa, total, out=np.full_like(total, 0.5), where=total > 0)
     decision = _gaussian((fa >= fb).astype(a.dtype), smooth)
@@ -160,8 +222,11 @@ def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor)
 
 
 def register_measure(name: str, measure, summary: str) -> Method:
-    """Register a focus measure ``measure(gray, *, presmooth, window) -> map`` as a
-    choose-max fusion method called ``name``, with the shared parameters and steps."""
+    """Register a focus measure ``measure(gray, *, presmooth, window, ops=NUMPY) -> map``
+    (written with the operations of ``ops``, see :mod:`napari_mfif.focus._ops`, so that it
+    runs in numpy and in torch) as a choose-max fusion method called ``name``, with the
+    shared parameters and steps. It runs on the CPU, and on a CUDA GPU when asked for
+    (``device="cuda"``; ``auto`` keeps it on the CPU)."""
     return register_method(
         Method(
             name=name,
@@ -170,7 +235,8 @@ def register_measure(name: str, measure, summary: str) -> Method:
             pair_maps=partial(_pair_maps, measure),
             params=dict(_DEFAULTS),
             param_help=dict(_HELP),
-            devices=("cpu",),
+            devices=("cpu", "cuda"),
+            auto_cuda=False,
             tiling=Tiling(
                 reach=_reach,
                 align=16,

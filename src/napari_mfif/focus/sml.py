@@ -18,25 +18,23 @@ assume.
 
 from __future__ import annotations
 
-import numpy as np
-from scipy import ndimage as ndi
+from ._ops import NUMPY
+from .classic import register_measure
 
-from .classic import _gaussian, register_measure
-
-_SECOND_DIFFERENCE = np.array([-1.0, 2.0, -1.0])
+_SECOND_DIFFERENCE = (-1.0, 2.0, -1.0)
 
 
-def sum_modified_laplacian(gray: np.ndarray, *, presmooth: float, window: float) -> np.ndarray:
+def sum_modified_laplacian(gray, *, presmooth: float, window: float, ops=NUMPY):
     """Sum-modified-Laplacian (Nayar & Nakagawa 1994; Pertuz et al. 2013, LAP2), squared.
 
     ``gray`` (Y, X) float; ``presmooth`` and ``window`` are Gaussian sigmas in pixels (0 = off).
-    Returns a (Y, X) map of the same dtype.
+    Returns a (Y, X) map of the same dtype. ``ops``: numpy (default) or torch, see
+    :mod:`napari_mfif.focus._ops`.
     """
-    g = _gaussian(gray, presmooth)
-    kernel = _SECOND_DIFFERENCE.astype(g.dtype)
-    ml = np.abs(ndi.correlate1d(g, kernel, axis=0, mode="reflect"))
-    ml += np.abs(ndi.correlate1d(g, kernel, axis=1, mode="reflect"))
-    summed = _gaussian(ml, window)
+    g = ops.gaussian(gray, presmooth)
+    ml = abs(ops.correlate1d(g, _SECOND_DIFFERENCE, 0))
+    ml += abs(ops.correlate1d(g, _SECOND_DIFFERENCE, 1))
+    summed = ops.gaussian(ml, window)
     return summed * summed
 
 

@@ -349,6 +349,7 @@ register_method(Method(
     param_choices={"arch": ARCH_NAMES, "nway_rule": ("soft", "hard")},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
+    torch_cpu=True,
     # windows start on multiples of ALIGN (16): the network's stride 2 at the coarsest
     # pyramid level (1/8); tiles.py rounds overlaps to multiples of 16 anyway
     tiling=Tiling(reach=_reach, align=ALIGN, stats=_stats, reduce_stats=_reduce_stats),
