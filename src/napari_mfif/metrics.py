@@ -21,12 +21,14 @@ Every metric takes the two source images and the fused image, all of the same sh
 :data:`NO_REFERENCE` maps their names to the functions.
 
 Also here: :func:`psnr` and :func:`ssim` (thin wrappers over :mod:`skimage.metrics` for
-comparisons with a ground truth) and :func:`height_error` for height (index) maps.
+comparisons with a ground truth), :func:`height_error` for height (index) maps, and two
+single-image scores that MFIF papers report for the fused image alone: :func:`entropy`
+(bits; higher is more information) and :func:`piqe` (MATLAB's PIQE; lower is better).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy import ndimage, signal
@@ -35,8 +37,12 @@ from ._errors import MfifError
 
 __all__ = [
     "NO_REFERENCE",
+    "PiqeMaps",
+    "entropy",
     "height_error",
     "nmi",
+    "piqe",
+    "piqe_maps",
     "psnr",
     "q_cb",
     "q_y",
@@ -682,6 +688,282 @@ def height_error(index_map, true_depth, mask=None) -> float:
     if error.size == 0:
         raise MfifError("no pixels to compare (empty image or empty mask)")
     return float(np.mean(error))
+
+
+# ------------------------------------------------------------------ single-image metrics
+
+
+def _one_gray(image) -> np.ndarray:
+    """to_gray plus the checks every single-image metric needs (not empty, finite)."""
+    gray = to_gray(image)
+    if gray.size == 0:
+        raise MfifError("the image is empty")
+    if not np.isfinite(gray).all():
+        raise MfifError("the image contains NaN or infinite values")
+    return gray
+
+
+def entropy(image) -> float:
+    r"""Shannon entropy of the gray-level histogram, in bits (256 bins).
+
+    The "EN" / "entropy" of the MFIF literature (e.g. paper 001 of the project's
+    sources): how much information the (fused) image carries; higher means more.
+
+    Parameters
+    ----------
+    image : array_like
+        A 2-D image or an (H, W, 3) RGB image (converted with :func:`to_gray`), any
+        real dtype.
+
+    Returns
+    -------
+    float
+        :math:`H = -\sum_{k=0}^{255} p_k \log_2 p_k` (terms with :math:`p_k = 0`
+        omitted), in [0, 8]; 0 for a constant image, 8 for 256 equally frequent levels.
+
+    Notes
+    -----
+    The 256 gray levels are those of :func:`nmi` (``normalize1.m`` of the MFIF survey):
+    the gray image is min-max scaled to 0..255 over its own data range and rounded
+    (halves away from zero), :math:`k = \operatorname{round}(255 (x - \min) /
+    (\max - \min))`, and :math:`p_k` is the fraction of pixels at level k. So
+
+    - for **uint8** images (and RGB uint8, whose gray is rounded to uint8 as MATLAB's
+      ``rgb2gray`` does) this is exactly the entropy of the plain 256-level histogram of
+      the pixel values, as MATLAB's ``entropy`` and the literature compute it: the
+      stretch maps at most 256 distinct integers one-to-one onto levels, so it moves
+      no pixel into another pixel's bin;
+    - for **uint16 and float** images the 256 bins span the image's own range
+      [min, max] (the inner 254 bins of width (max - min) / 255, centred on the levels;
+      the two end bins half as wide), not the dtype's range. This deliberately differs
+      from MATLAB's ``entropy``, which bins uint16 over 0..65535 and float over [0, 1]:
+      a microscope's 12-bit data in uint16 would otherwise fall into 16 bins, and floats
+      here can be on any intensity scale;
+    - a constant image (every dtype) has entropy 0.
+    """
+    levels = _normalize255(_one_gray(image)).astype(np.int64)
+    counts = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
+    return _entropy(counts / counts.sum()) + 0.0  # + 0.0: no -0.0 for constant images
+
+
+# PIQE (piqe.m of MATLAB's Image Processing Toolbox, R2018b and later)
+_PIQE_BLOCK = 16  # blocks of 16 x 16 pixels
+_PIQE_ACTIVITY_T = 0.1  # a block is active when its MSCN variance exceeds this
+_PIQE_IMPAIRED_T = 0.1  # an edge segment with a smaller std marks a noticeable artifact
+_PIQE_SEGMENT = 6  # edge segments of 6 contiguous pixels (11 per block edge)
+_PIQE_C = 1.0  # the constant added to the pooled score and to the number of active blocks
+# the block's "centre": its two middle columns (0-based 7 and 8); its "surround": every
+# column but 7 and 9, as piqe.m deletes column 8 (1-based) and then column 9 of what is
+# left, i.e. the original column 10
+_PIQE_CENTRE = np.array([7, 8])
+_PIQE_SURROUND = np.array([c for c in range(_PIQE_BLOCK) if c not in (7, 9)])
+
+
+def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2.0
+    h = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return h / h.sum()
+
+
+_PIQE_WINDOW = _gaussian_1d(7, 7.0 / 6.0)
+
+
+class PiqeMaps(NamedTuple):
+    """What :func:`piqe_maps` returns: MATLAB ``piqe``'s four outputs and the block scores."""
+
+    #: the PIQE score, as :func:`piqe`
+    score: float
+    #: (H, W) bool: pixels of spatially active blocks (MATLAB's ``ActivityMask``)
+    activity_mask: np.ndarray
+    #: (H, W) bool: active blocks with a noticeable artifact, i.e. blockiness or another
+    #: sudden flat edge (MATLAB's ``NoticeableArtifactsMask``)
+    artifact_mask: np.ndarray
+    #: (H, W) bool: active blocks judged noisy (MATLAB's ``NoiseMask``)
+    noise_mask: np.ndarray
+    #: (ceil(H/16), ceil(W/16)) float: each block's distortion D_k (0 for an active block
+    #: with neither distortion), NaN for blocks that are not active
+    block_distortion: np.ndarray
+
+
+def _piqe_gray255(image, data_range: float | None) -> np.ndarray:
+    """The gray image on MATLAB's ``round(255 * im2double(I))`` scale (see :func:`piqe`)."""
+    array = np.asarray(image)
+    gray = _one_gray(array)
+    if data_range is not None:
+        if not (np.isfinite(data_range) and data_range > 0):
+            raise MfifError(f"data_range must be a positive number, got {data_range}")
+        offset = float(np.iinfo(array.dtype).min) if array.dtype.kind in "ui" else 0.0
+        span = float(data_range)
+    elif array.dtype.kind in "ui":
+        info = np.iinfo(array.dtype)
+        offset, span = float(info.min), float(info.max) - float(info.min)
+    else:
+        offset, high = float(gray.min()), float(gray.max())
+        span = high - offset
+        if span == 0:
+            return np.zeros_like(gray)
+    return _round_half_away(255.0 * ((gray - offset) / span))
+
+
+def _mscn(image: np.ndarray) -> np.ndarray:
+    """Mean-subtracted contrast-normalised coefficients as piqe.m: 7 x 7 Gaussian
+    (sigma 7/6), replicate padding, (I - mu) / (sigma + 1)."""
+
+    def blur(x):
+        x = ndimage.correlate1d(x, _PIQE_WINDOW, axis=0, mode="nearest")
+        return ndimage.correlate1d(x, _PIQE_WINDOW, axis=1, mode="nearest")
+
+    mu = blur(image)
+    sigma = np.sqrt(np.abs(blur(image * image) - mu * mu))
+    return (image - mu) / (sigma + 1.0)
+
+
+def _piqe(image, data_range: float | None):
+    gray = _piqe_gray255(image, data_range)
+    rows, cols = gray.shape
+    n = _PIQE_BLOCK
+    # piqe.m pads (replicating the last row / column) up to a multiple of 16, then
+    # computes the MSCN coefficients on the padded image
+    gray = np.pad(gray, ((0, -rows % n), (0, -cols % n)), mode="edge")
+    mscn = _mscn(gray)
+    by, bx = gray.shape[0] // n, gray.shape[1] // n
+    blocks = mscn.reshape(by, n, bx, n).swapaxes(1, 2)  # (by, bx, 16, 16)
+
+    variance = blocks.reshape(by, bx, n * n).var(axis=-1, ddof=1)
+    active = variance > _PIQE_ACTIVITY_T
+
+    # noticeable artifacts: any 6-pixel segment of any of the four block edges is
+    # (nearly) flat, std < 0.1
+    edges = np.stack(
+        [blocks[..., 0, :], blocks[..., :, n - 1], blocks[..., n - 1, :], blocks[..., :, 0]],
+        axis=-2,
+    )  # (by, bx, 4, 16)
+    segments = np.lib.stride_tricks.sliding_window_view(edges, _PIQE_SEGMENT, axis=-1)
+    impaired = (segments.std(axis=-1, ddof=1) < _PIQE_IMPAIRED_T).any(axis=(-2, -1))
+
+    # noise: the block's std sigma against beta = |sigma - r| / max(sigma, r), where r is
+    # the ratio of the centre's std to the surround's (0 when 0 / 0)
+    sigma = np.sqrt(variance)
+    centre_std = blocks[..., _PIQE_CENTRE].reshape(by, bx, -1).std(axis=-1, ddof=1)
+    surround_std = blocks[..., _PIQE_SURROUND].reshape(by, bx, -1).std(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = centre_std / surround_std
+        ratio[np.isnan(ratio)] = 0.0
+        beta = np.abs(sigma - ratio) / np.maximum(sigma, ratio)
+        noisy = sigma > 2.0 * beta  # NaN (r = inf, or 0 / 0) compares False, as in MATLAB
+
+    impaired &= active
+    noisy &= active
+    distortion = impaired * (1.0 - variance) + noisy * variance
+    score = (float(distortion[active].sum()) + _PIQE_C) / (_PIQE_C + int(active.sum())) * 100.0
+    block_distortion = np.where(active, distortion, np.nan)
+    return score, active, impaired, noisy, block_distortion, (rows, cols)
+
+
+def piqe(image, data_range: float | None = None) -> float:
+    r"""PIQE: Perception-based Image Quality Evaluator (Venkatanath et al. 2015).
+
+    A no-reference (blind) score of perceived distortion, blockiness and noise, in
+    "percent": lower is better. Follows MATLAB's ``piqe`` (Image Processing Toolbox),
+    the implementation behind the numbers that MFIF papers report (e.g. paper 001 of
+    the project's sources), step by step and with its constants; vectorised over blocks.
+
+    Parameters
+    ----------
+    image : array_like
+        A 2-D image or an (H, W, 3) RGB image (converted with :func:`to_gray`), any
+        real dtype, any size (padded to multiples of 16 as MATLAB does).
+    data_range : float, optional
+        The intensity that maps to 255 (the "1" of MATLAB's ``im2double``); for integer
+        dtypes it is counted from the dtype's minimum (0 for unsigned), for floats from 0.
+        Default: the dtype's range for integer images (uint8 used as is, uint16 divided
+        by 257, exactly as MATLAB), the image's own [min, max] for float images (MATLAB
+        assumes float images in [0, 1]: pass ``data_range=1`` to reproduce that).
+
+    Returns
+    -------
+    float
+        The PIQE score. 0 to 100 in practice (the pooling does not clip; MATLAB's
+        documentation gives [0, 100] and reads 0-20 as excellent, 21-35 good, 36-50
+        fair, 51-80 poor, 81-100 bad). An image without any spatially active
+        block, e.g. a constant one, scores (0 + C) / (0 + C) * 100 = 100, as MATLAB.
+
+    Notes
+    -----
+    The gray image is brought to 0..255 and rounded (MATLAB's
+    ``round(255 * im2double(I))``, see ``data_range``), padded at the bottom and the
+    right by replicating its last row / column to multiples of 16, and turned into
+    MSCN coefficients
+
+    .. math::
+
+        \hat I = \frac{I - \mu}{\sigma + 1}, \quad \mu = w * I, \quad
+        \sigma = \sqrt{|w * I^2 - \mu^2|},
+
+    with w the 7 x 7 Gaussian window of sigma 7/6 (sum 1, replicate padding). For every
+    non-overlapping 16 x 16 block k of :math:`\hat I`, with :math:`v_k` the (sample,
+    n - 1) variance of its 256 coefficients:
+
+    - the block is **active** (spatially prominent) when :math:`v_k > 0.1`; only
+      active blocks count;
+    - it has a **noticeable artifact** (:math:`W_{NDC} = 1`) when any segment of 6
+      contiguous pixels of any of its four edges (11 overlapping segments per edge:
+      first and last row, first and last column) has a sample std below 0.1;
+    - it is **noisy** (:math:`W_{NC} = 1`) when :math:`\sqrt{v_k} > 2 \beta_k`,
+      :math:`\beta_k = |\sqrt{v_k} - r_k| / \max(\sqrt{v_k}, r_k)`, where :math:`r_k`
+      is the ratio of the sample std of the block's centre (its two middle columns,
+      0-based 7 and 8) to that of its surround (0 if both are 0). As in MATLAB's code
+      the surround is every column but 7 and **9** (it deletes column 8 and then
+      column 9 of what is left), so column 8 counts in both; kept for identical results.
+
+    The block's distortion is :math:`D_k = W_{NDC} (1 - v_k) + W_{NC} v_k` and, with
+    :math:`N_a` active blocks and C = 1,
+
+    .. math::
+
+        \mathrm{PIQE} = \frac{\sum_{k\ \mathrm{active}} D_k + C}{N_a + C} \cdot 100.
+
+    Checked against a block-by-block transcription of MATLAB's ``piqe.m`` (in the
+    tests). The Python ports ``pypiqe`` (M. Rutherford) and ``pyiqa``'s PIQE differ
+    from MATLAB for images that are not uint8 in [0, 255] with a maximum of 255: they
+    scale by the image maximum and pad symmetrically instead of replicating; this
+    function follows MATLAB there.
+
+    References
+    ----------
+    N. Venkatanath, D. Praneeth, M. C. Bh, S. S. Channappayya, S. S. Medasani, "Blind
+    image quality evaluation using perception based features", Twenty First National
+    Conference on Communications (NCC), 2015, doi:10.1109/NCC.2015.7084843.
+    """
+    return _piqe(image, data_range)[0]
+
+
+def piqe_maps(image, data_range: float | None = None) -> PiqeMaps:
+    """PIQE with its spatial quality masks, as MATLAB's ``[Score, ActivityMask,
+    NoticeableArtifactsMask, NoiseMask] = piqe(I)``, and the per-block distortions.
+
+    Parameters
+    ----------
+    image : array_like
+        As for :func:`piqe`.
+    data_range : float, optional
+        As for :func:`piqe`.
+
+    Returns
+    -------
+    PiqeMaps
+        ``score`` (as :func:`piqe`), ``activity_mask``, ``artifact_mask`` and
+        ``noise_mask`` ((H, W) bool, whole 16 x 16 blocks, cropped to the image where
+        it was padded) and ``block_distortion`` (one value D_k per block, NaN where the
+        block is not active).
+    """
+    score, active, impaired, noisy, block_distortion, (rows, cols) = _piqe(image, data_range)
+
+    def pixels(mask):
+        full = np.repeat(np.repeat(mask, _PIQE_BLOCK, axis=0), _PIQE_BLOCK, axis=1)
+        return full[:rows, :cols]
+
+    return PiqeMaps(score, pixels(active), pixels(impaired), pixels(noisy), block_distortion)
 
 
 #: the no-reference fusion metrics, by name (all ``metric(a, b, fused) -> float``)
