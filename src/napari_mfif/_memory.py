@@ -32,6 +32,8 @@ classic, nway, floor 0  6     4     2    28    -                             8 M
 classic, series         6     0     7    26    -                             8 MiB
 cnn, nway               6    46     0     0    240 compact, 1250 liu2017     352 MiB
 cnn, series             6     6     0     0    400 compact, 1850 liu2017     352 MiB
+cnn_wavelet, nway       6    46     0     0    as cnn                        352 MiB
+cnn_wavelet, series     6     6    18    36    as cnn                        352 MiB
 =====================  ====  ====  ====  ====  ============================  ========
 
 "classic" is ``tenengrad`` and ``variance`` (and methods registered from outside the
@@ -41,11 +43,15 @@ the per-slice maps kept for all slices at once (decision maps; the flat-area ble
 CNN, the score maps, their softmax and the guided filter); the CNN's ``n`` is one slice's
 feature maps (16 and 32 full-size channels for the compact net, 64 and 128 for liu2017; a
 ``weights`` file is taken to be liu2017). The CNN overhead includes importing torch (about
-270 MiB). ``return_weights=True`` adds 6 bytes per voxel in series mode and nothing in
-N-way mode. Of the runs whose peak passed 100 MiB, the classic methods measured 0.73 to
-0.95 times the estimate, the CNN 0.71 to 1.0 times from 1 GiB up and up to 1.3 times its
-estimate without the torch import below that (its peak varies by some 15 % from run to
-run). On a GPU the host needs less than this; the CPU figure is used anyway.
+270 MiB). ``cnn_wavelet`` was measured against ``cnn`` (compact; 3 to 18 x 1024 x 1024, grey,
+RGB and 8 channels): in N-way its DWT pass stays below the CNN's own peak (the same peak to
+within 1 %); in series the running result and the two slices' decompositions (with the gray
+image as one more channel) add about 18 bytes per image value plus 36 per pixel.
+``return_weights=True`` adds 6 bytes per voxel in series mode and nothing in N-way mode.
+Of the runs whose peak passed 100 MiB, the classic methods measured 0.73 to 0.95 times the
+estimate, the CNN 0.71 to 1.0 times from 1 GiB up and up to 1.3 times its estimate without
+the torch import below that (its peak varies by some 15 % from run to run). On a GPU the
+host needs less than this; the CPU figure is used anyway.
 
 When the stack is not in memory yet (a dask array, a list of slices, a file the command
 line is about to read), its own bytes are added.
@@ -73,6 +79,8 @@ _FACTORS = {
     ("classic", "series"): (6, 0, 7, 26),
     ("cnn", "nway"): (6, 46, 0, 0),
     ("cnn", "series"): (6, 6, 0, 0),
+    ("cnn_wavelet", "nway"): (6, 46, 0, 0),
+    ("cnn_wavelet", "series"): (6, 6, 18, 36),
 }
 #: CNN architecture -> mode -> bytes per image pixel of one slice's feature maps
 _NETWORK = {
@@ -243,8 +251,12 @@ def _read_int(path: Path) -> int | None:
 
 # -- the estimate ----------------------------------------------------------------------------
 
+#: methods that run the focus CNN (its network and torch overhead), with their own factors
+_CNN_METHODS = ("cnn", "cnn_wavelet")
+
+
 def _kind(method: str) -> str:
-    return "cnn" if method == "cnn" else "classic"
+    return "cnn" if method in _CNN_METHODS else "classic"
 
 
 def _network(params: Mapping[str, Any] | None) -> str:
@@ -289,7 +301,7 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
     z, y, x, c = _dims(shape)
     kind = _kind(method)
     mode = mode if mode in ("nway", "series") else "nway"
-    key = (kind, mode)
+    key = (method if method in _CNN_METHODS else kind, mode)
     if key == ("classic", "nway") and (params or {}).get("noise_floor", 1) == 0:
         key += ("no noise floor",)
     a, b, c_image, d = _FACTORS[key]
