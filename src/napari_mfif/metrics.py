@@ -667,7 +667,7 @@ def height_error(index_map, true_depth, mask=None) -> float:
     Returns
     -------
     float
-        mean(|index_map - true_depth|) over the (masked) pixels.
+        ``mean(|index_map - true_depth|)`` over the (masked) pixels.
     """
     estimate = np.asarray(index_map, dtype=np.float64)
     truth = np.asarray(true_depth, dtype=np.float64)

@@ -55,8 +55,9 @@ class Tiling:
 
     Attributes
     ----------
-    reach : callable(params, z, mode) -> int
-        How far (px) a fused pixel depends on the input; the default overlap.
+    reach : callable
+        ``reach(params, z, mode) -> int``: how far (px) a fused pixel depends on the input;
+        the default overlap.
     align : int
         Windows must start on multiples of this (e.g. 2 for a stride-2 network).
     stats, reduce_stats : callables, optional
