@@ -229,6 +229,47 @@ def focal_stack(
     return SyntheticStack(stack=stack, sharp=truth, depth=depth)
 
 
+def fringe_stack(n_slices: int = 7, *, in_focus: int | None = None, shape=(160, 160),
+                 fringe: float = 0.05, noise: float = 0.003, seed: int = 0) -> SyntheticStack:
+    """A caricature of brightfield defocus: a focal stack whose defocused slices grow fringes.
+
+    Round cells (radius 10 to 16 px) with a fine granular texture are in focus at slice
+    ``in_focus`` (the middle one by default). A slice d planes away is blurred by a Gaussian
+    of sigma 1.2 d px and grows a bright fringe just outside every cell edge and a dark one
+    just inside, d px from the edge, 1.5 px wide (sigma), of contrast ``fringe`` * d: wider
+    and, from d = 2 on, stronger than the in-focus texture, like the Becke lines of real
+    brightfield stacks, which contrast-based focus measures take for focus. It is not a
+    physical model (no pupil, no coherence); it only has the property that matters here.
+
+    Returns float32 slices in [0, 1] with Gaussian noise of standard deviation ``noise``;
+    ``sharp`` is the in-focus image without noise, ``depth`` is ``in_focus`` everywhere.
+    """
+    if n_slices < 2:
+        raise MfifError(f"n_slices must be at least 2, got {n_slices}")
+    k0 = n_slices // 2 if in_focus is None else int(in_focus)
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    dist = np.full(shape, np.inf)
+    for _ in range(max(1, round(9 * h * w / 160**2))):
+        cy, cx = rng.uniform(20, h - 20), rng.uniform(20, w - 20)
+        dist = np.minimum(dist, np.hypot(yy - cy, xx - cx) - rng.uniform(10, 16))
+    inside = (dist < 0).astype(np.float32)
+    texture = ndi.gaussian_filter(rng.standard_normal(shape), 0.7)
+    sharp = (0.6 - 0.25 * ndi.gaussian_filter(inside, 0.7)
+             + 0.06 * texture / texture.std() * inside).astype(np.float32)
+    slices = []
+    for k in range(n_slices):
+        d = abs(k - k0)
+        img = ndi.gaussian_filter(sharp, 1.2 * d) if d else sharp.copy()
+        if d:
+            img += fringe * d * np.exp(-0.5 * ((dist - d) / 1.5) ** 2)
+            img -= fringe * d * np.exp(-0.5 * ((dist + d) / 1.5) ** 2)
+        slices.append(img + noise * rng.standard_normal(shape))
+    stack = np.clip(np.stack(slices), 0, 1).astype(np.float32)
+    return SyntheticStack(stack=stack, sharp=sharp, depth=np.full(shape, k0, np.float32))
+
+
 #: physical spacing of the bundled sample, (z, y, x) in micrometres
 SAMPLE_SCALE = (2.0, 0.65, 0.65)
 

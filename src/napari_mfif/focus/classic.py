@@ -30,15 +30,21 @@ from ..tiles import Tiling
 from ..stack import (FILL_REACH, blend, fill_flat_areas, fill_maps, fill_sums, fuse_series,
                      index_from_weights, noise_samples, noise_sigma, noise_sigma_from,
                      nway_choice)
+from . import consistency as _consistency
 from ._ops import NUMPY, TorchOps, radius as _radius
 
-_DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0, "noise_floor": 3.0}
+_DEFAULTS = {"presmooth": 1.0, "window": 3.0, "smooth": 2.0, "noise_floor": 3.0,
+             "consistency": 0.0, "agreement": 0.4}
 _HELP = {
     "presmooth": "Gaussian sigma (px) applied to each slice before measuring focus; 0 = off",
     "window": "Gaussian sigma (px) of the neighbourhood the focus measure is summed over",
     "smooth": "Gaussian sigma (px) of the decision smoothing; 0 = hard per-pixel choice",
     "noise_floor": "nway: below this multiple of the score pure noise reaches, a pixel takes "
                    "its textured neighbours' height and averages nearby slices; 0 = off",
+    "consistency": "nway: Gaussian sigma (px) of the neighbourhood whose choices a pixel's "
+                   "choice must agree with (against defocus rings); 0 = off",
+    "agreement": "nway, with consistency: the share of the neighbourhood's votes that must be "
+                 "within one slice of a pixel's choice for it to stand",
 }
 
 _SOBEL_DERIVATIVE = (-1.0, 0.0, 1.0)
@@ -80,14 +86,23 @@ def noise_score(measure, sigma: float, *, presmooth: float, window: float) -> fl
     return float(np.percentile(score, 99)) * sigma * sigma
 
 
-def _reach(params: dict, z: int, mode: str) -> int:
-    """How far (px) a fused pixel depends on the input: the measure (pre-smoothing, a 1-px
-    derivative, the window), the decision smoothing, and in N-way mode with a noise floor
-    the nearest fill scale; in series the steps chain, once per slice after the first."""
-    step = (_radius(params["presmooth"]) + 1 + _radius(max(params["window"], 0.5))
-            + _radius(params["smooth"]))
+def _measure_reach(params: dict) -> int:
+    """How far (px) the shared measures see: pre-smoothing, a 1-px derivative, the window."""
+    return _radius(params["presmooth"]) + 1 + _radius(max(params["window"], 0.5))
+
+
+def _reach(measure_reach, params: dict, z: int, mode: str) -> int:
+    """How far (px) a fused pixel depends on the input: the measure, the decision
+    smoothing, and in N-way mode the consistency check (twice the measure: a pixel's
+    alternative is scored where it is, its votes where they were cast) and, with a noise
+    floor, the nearest fill scale; in series the steps chain, once per slice after the
+    first."""
+    step = measure_reach(params) + _radius(params["smooth"])
     if mode == "series":
         return step * max(z - 1, 1)
+    check = _consistency.reach(params["consistency"])
+    if check:
+        step += check + measure_reach(params)
     return step + (FILL_REACH if params["noise_floor"] > 0 else 0)
 
 
@@ -95,12 +110,12 @@ def _floored(mode: str, noise_floor: float) -> bool:
     return mode == "nway" and noise_floor > 0
 
 
-def _stats(measure, gray, view, *, mode, presmooth, window, smooth, noise_floor, stack=None):
+def _stats(measure, gray, view, *, mode, noise_floor, stack=None, **params):
     """Tiled pass 1: the noise samples of this window (N-way with a noise floor only)."""
     return noise_samples(gray, view) if _floored(mode, noise_floor) else None
 
 
-def _reduce_stats(measure, parts, *, mode, presmooth, window, smooth, noise_floor):
+def _reduce_stats(measure, parts, *, mode, presmooth, window, noise_floor, **params):
     """The noise floor (a focus score) from the noise samples of every window."""
     if not _floored(mode, noise_floor):
         return None
@@ -108,32 +123,76 @@ def _reduce_stats(measure, parts, *, mode, presmooth, window, smooth, noise_floo
     return noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
 
 
-def _coarse(measure, stack, gray, view, floor, *, mode, presmooth, window, smooth,
-            noise_floor):
+def _coarse(measure, stack, gray, view, floor, *, mode, noise_floor, **params):
     """Tiled pass 2: this window's share of the wide flat-area fill scales."""
     if not _floored(mode, noise_floor) or not floor:
         return None  # no floor (or a noiseless stack, whose floor is 0): nothing to fill
-    weights, confidence = nway_choice(partial(measure, presmooth=presmooth, window=window),
-                                      gray, partial(_gaussian, sigma=smooth), floor=floor)
+    weights, confidence = _choose(measure, NUMPY, gray, None, floor=floor, **params)
     return fill_sums(confidence, index_from_weights(weights), view)
 
 
-def _reduce_coarse(measure, parts, shape, z, *, mode, presmooth, window, smooth, noise_floor):
+def _reduce_coarse(measure, parts, shape, z, *, mode, noise_floor, **params):
     if not _floored(mode, noise_floor) or any(part is None for part in parts):
         return None
     return fill_maps(parts, shape, z)
 
 
-def _run(measure, stack, gray, *, mode, device, progress, keep_weights, presmooth, window,
-         smooth, noise_floor, context=None):
+def _run(measure, stack, gray, *, mode, device, progress, keep_weights, context=None,
+         **params):
     ops = TorchOps(device) if device != "cpu" else NUMPY
     return _fuse(measure, ops, stack, gray, mode=mode, progress=progress,
-                 keep_weights=keep_weights, presmooth=presmooth, window=window, smooth=smooth,
-                 noise_floor=noise_floor, context=context)
+                 keep_weights=keep_weights, context=context, **params)
+
+
+def _choose(measure, ops, gray, progress, *, floor, presmooth, window, smooth, consistency,
+            agreement):
+    """The N-way choice before the flat-area fill: (weights, confidence), numpy.
+
+    Without the consistency check it is :func:`napari_mfif.stack.nway_choice` (numpy) or
+    :func:`_nway_choice_torch`. With it, every slice's score is kept, the per-pixel choice is
+    checked (:mod:`napari_mfif.focus.consistency`) and then smoothed as usual; the scores
+    are computed by ``ops`` (on the GPU with torch), the check and the smoothing in numpy.
+    """
+    if consistency <= 0:
+        if ops is NUMPY:
+            return nway_choice(partial(measure, presmooth=presmooth, window=window), gray,
+                               partial(_gaussian, sigma=smooth), progress, floor=floor)
+        return _nway_choice_torch(ops, measure, gray, progress, floor=floor,
+                                  presmooth=presmooth, window=window, smooth=smooth)
+    z = gray.shape[0]
+    scores = []
+    best = choice = None
+    for k in range(z):
+        if ops is NUMPY:
+            score = measure(gray[k], presmooth=presmooth, window=window)
+        else:
+            score = ops.numpy(measure(ops.tensor(gray[k]), presmooth=presmooth, window=window,
+                                      ops=ops)).astype(gray.dtype)
+        scores.append(score)
+        if best is None:
+            best, choice = score.copy(), np.zeros(score.shape, dtype=np.intp)
+        else:
+            better = score > best  # strict: ties go to the lower slice
+            best[better] = score[better]
+            choice[better] = k
+        if progress is not None:
+            progress(k + 1, 2 * z)
+    trust = np.clip(best / floor - 1, 0, 1).astype(gray.dtype) if floor > 0 else None
+    choice = _consistency.check(choice, scores, trust, consistency=consistency,
+                                agreement=agreement)
+    del scores
+    weights = np.empty(gray.shape, dtype=gray.dtype)
+    for k in range(z):
+        weights[k] = _gaussian((choice == k).astype(gray.dtype), smooth)
+        if progress is not None:
+            progress(z + k + 1, 2 * z)
+    weights /= weights.sum(axis=0, keepdims=True)
+    confidence = None if trust is None else _gaussian(trust, smooth)
+    return weights, confidence
 
 
 def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth, window,
-          smooth, noise_floor, context=None):
+          smooth, noise_floor, consistency=0.0, agreement=0.4, context=None):
     """The fusion with the focus measure and the decision smoothing computed by ``ops``
     (numpy on the CPU, or torch on ``ops.device``); the flat-area fill, the blend and the
     noise floor stay in numpy (the floor is measured with the numpy measure, so it is the
@@ -145,14 +204,9 @@ def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth,
         elif noise_floor > 0:
             sigma = noise_sigma(gray)
             floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
-        if ops is NUMPY:
-            weights, confidence = nway_choice(
-                partial(measure, presmooth=presmooth, window=window), gray,
-                partial(_gaussian, sigma=smooth), progress, floor=floor)
-        else:
-            weights, confidence = _nway_choice_torch(ops, measure, gray, progress, floor=floor,
-                                                     presmooth=presmooth, window=window,
-                                                     smooth=smooth)
+        weights, confidence = _choose(measure, ops, gray, progress, floor=floor,
+                                      presmooth=presmooth, window=window, smooth=smooth,
+                                      consistency=consistency, agreement=agreement)
         if confidence is not None:
             weights = fill_flat_areas(weights, confidence, view=view, maps=maps)
         return blend(stack, weights), index_from_weights(weights), weights
@@ -205,7 +259,7 @@ def _nway_choice_torch(ops, measure, gray, progress, *, floor, presmooth, window
     return weights, confidence
 
 
-def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor):
+def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, **params):
     """Score and decision of the pair (a, b): score = f(a) / (f(a) + f(b)) (0.5 where
     both are flat), decision = the smoothed choose-max map (1 where a is chosen)."""
     if device != "cpu":
@@ -221,24 +275,29 @@ def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, noise_floor)
     return score, decision
 
 
-def register_measure(name: str, measure, summary: str) -> Method:
+def register_measure(name: str, measure, summary: str, *, defaults: dict | None = None,
+                     measure_reach=_measure_reach, help: dict | None = None) -> Method:
     """Register a focus measure ``measure(gray, *, presmooth, window, ops=NUMPY) -> map``
     (written with the operations of ``ops``, see :mod:`napari_mfif.focus._ops`, so that it
     runs in numpy and in torch) as a choose-max fusion method called ``name``, with the
     shared parameters and steps. It runs on the CPU, and on a CUDA GPU when asked for
-    (``device="cuda"``; ``auto`` keeps it on the CPU)."""
+    (``device="cuda"``; ``auto`` keeps it on the CPU).
+
+    ``defaults`` overrides shared defaults, ``help`` their one-line meanings;
+    ``measure_reach(params) -> px`` says how far the measure sees (the default: the shared
+    measures' pre-smoothing, a 1-px derivative and the window)."""
     return register_method(
         Method(
             name=name,
             summary=summary,
             run=partial(_run, measure),
             pair_maps=partial(_pair_maps, measure),
-            params=dict(_DEFAULTS),
-            param_help=dict(_HELP),
+            params={**_DEFAULTS, **(defaults or {})},
+            param_help={**_HELP, **(help or {})},
             devices=("cpu", "cuda"),
             auto_cuda=False,
             tiling=Tiling(
-                reach=_reach,
+                reach=partial(_reach, measure_reach),
                 align=16,
                 stats=partial(_stats, measure),
                 reduce_stats=partial(_reduce_stats, measure),
