@@ -11,7 +11,9 @@ import tifffile
 import napari_mfif as mf
 from napari_mfif import _memory, io
 from napari_mfif.cli import main
+from napari_mfif.registry import DEFAULT_METHOD, get_method
 from napari_mfif.synthetic import fluorescence_image, focal_stack
+from napari_mfif.tiles import default_overlap
 
 
 def run_cli(*args):
@@ -43,7 +45,9 @@ def test_tiled_cli_equals_whole_image_cli_and_keeps_pixel_size(slide, tmp_path):
     res = run_cli("fuse", stack, "-o", tiled, "--height-map", tmp_path / "h.tif",
                   "--height-units", "um", "--tile-size", "128")
     assert res.returncode == 0, res.stderr
-    assert "12 tiles of 128 px, overlap 64 px, 3 passes" in res.stdout
+    spec = get_method(DEFAULT_METHOD)  # the overlap is the default method's reach
+    overlap = default_overlap(spec, dict(spec.params), len(s.stack), "nway")
+    assert f"12 tiles of 128 px, overlap {overlap} px, 3 passes" in res.stdout
     assert "tiles 36/36 (100%)" in res.stderr  # the progress over tiles
     a, b = tifffile.imread(whole), tifffile.imread(tiled)
     assert b.dtype == np.uint16 and np.array_equal(a, b)

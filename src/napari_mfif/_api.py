@@ -106,7 +106,7 @@ def fuse(
         list of 2-D / colour images of one shape and dtype. Supported dtypes: uint8,
         uint16, float32 (and other integer / float types); the output keeps the dtype.
     method : str
-        A name from :func:`napari_mfif.available_methods` (default ``"sml"``).
+        A name from :func:`napari_mfif.available_methods` (default ``"dog"``).
     mode : {"nway", "series"}
         ``"nway"`` judges all slices at once; ``"series"`` fuses them two at a time in
         order, as the papers do for more than two images.
