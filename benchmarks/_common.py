@@ -26,10 +26,36 @@ def registry_runs(extra_cnn_hard: bool = True) -> list[tuple[str, str]]:
     return runs
 
 
+#: the papers' CNN variants of issue 4, as benchmark columns: the ``cnn`` method with other
+#: shipped weights (``arch``) or paper 001's Gaussian-pyramid scoring; run in series mode,
+#: the papers' pair pipeline
+CNN_VARIANTS = ("cnn[arch=dual]", "cnn[arch=wavelet]", "cnn[arch=compact_mixed]",
+                "cnn[pyramid_levels=2]")
+
+
+def variant_runs() -> list[tuple[str, str]]:
+    return [(name, "series") for name in CNN_VARIANTS]
+
+
+def split_variant(method: str) -> tuple[str, dict]:
+    """'cnn[arch=dual]' -> ('cnn', {'arch': 'dual'}); a plain name -> (name, {})."""
+    if not method.endswith("]") or "[" not in method:
+        return method, {}
+    name, spec = method[:-1].split("[", 1)
+    params = {}
+    for item in spec.split(","):
+        key, value = item.split("=", 1)
+        params[key] = int(value) if value.isdigit() else value
+    return name, params
+
+
 def run(stack, method: str, mode: str, **params):
     """``mf.fuse`` for one benchmark column, on the CPU; naive baselines for method
     'mean' (average projection) and 'max' (maximum-intensity projection). ``params`` are
-    passed to the method (not to the baselines)."""
+    passed to the method (not to the baselines); a variant name such as 'cnn[arch=dual]'
+    adds its own (:func:`split_variant`)."""
+    method, fixed = split_variant(method)
+    params = {**fixed, **params}
     if method in ("mean", "max"):
         from napari_mfif.stack import to_dtype
 
