@@ -180,3 +180,10 @@ def test_cli_runs_dog(tmp_path):
                  "-p", "consistency=8"]) == 0
     out = tifffile.imread(tmp_path / "out.tif")
     assert out.dtype == np.uint16 and out.shape == (40, 52)
+
+
+def test_agreement_above_one_is_one_clear_sentence():
+    s = focal_stack(n_slices=3, shape=(32, 32), seed=1)
+    with pytest.raises(mf.MfifError, match="agreement.*from 0 to 1") as info:
+        mf.fuse(s.stack, method="dog", agreement=1.5)
+    assert "\n" not in str(info.value)

@@ -25,6 +25,7 @@ from functools import partial
 
 import numpy as np
 
+from .._errors import MfifError
 from ..registry import Method, register_method
 from ..tiles import Tiling
 from ..stack import (FILL_REACH, blend, fill_flat_areas, fill_maps, fill_sums, fuse_series,
@@ -139,6 +140,9 @@ def _reduce_coarse(measure, parts, shape, z, *, mode, noise_floor, **params):
 
 def _run(measure, stack, gray, *, mode, device, progress, keep_weights, context=None,
          **params):
+    if params.get("agreement", 0) > 1:
+        raise MfifError(f"parameter 'agreement' is a share of the votes, from 0 to 1; got "
+                        f"{params['agreement']:g}")
     ops = TorchOps(device) if device != "cpu" else NUMPY
     return _fuse(measure, ops, stack, gray, mode=mode, progress=progress,
                  keep_weights=keep_weights, context=context, **params)
