@@ -241,28 +241,39 @@ def nway_choice(
     progress: Progress = None,
     *,
     floor: float = 0.0,
+    revise: Callable[[np.ndarray, list, np.ndarray | None], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The smoothed choose-max weights of :func:`nway_weights` before any flat-area fill,
-    and the confidence map of the noise floor (None when ``floor`` is 0)."""
+    and the confidence map of the noise floor (None when ``floor`` is 0).
+
+    ``revise(choice, scores, trust) -> choice``, when given, may change the per-pixel choice
+    before it is smoothed (e.g. :func:`napari_mfif.focus.consistency.check`); it gets every
+    slice's score (kept only then) and the noise-floor trust in [0, 1] (None without a
+    floor)."""
     z = gray.shape[0]
     best = np.full(gray.shape[1:], -np.inf, dtype=gray.dtype)
     choice = np.zeros(gray.shape[1:], dtype=np.intp)
+    scores = []
     for k in range(z):
         score = focus(gray[k])
+        if revise is not None:
+            scores.append(score)
         better = score > best
         best[better] = score[better]
         choice[better] = k
         if progress is not None:
             progress(k + 1, 2 * z)
+    trust = np.clip(best / floor - 1, 0, 1).astype(gray.dtype) if floor > 0 else None
+    if revise is not None:
+        choice = revise(choice, scores, trust)
+        del scores
     weights = np.empty(gray.shape, dtype=gray.dtype)
     for k in range(z):
         weights[k] = smooth((choice == k).astype(gray.dtype))
         if progress is not None:
             progress(z + k + 1, 2 * z)
     weights /= weights.sum(axis=0, keepdims=True)
-    confidence = None
-    if floor > 0:
-        confidence = smooth(np.clip(best / floor - 1, 0, 1).astype(gray.dtype))
+    confidence = None if trust is None else smooth(trust)
     return weights, confidence
 
 

@@ -152,47 +152,30 @@ def _choose(measure, ops, gray, progress, *, floor, presmooth, window, smooth, c
             agreement):
     """The N-way choice before the flat-area fill: (weights, confidence), numpy.
 
-    Without the consistency check it is :func:`napari_mfif.stack.nway_choice` (numpy) or
-    :func:`_nway_choice_torch`. With it, every slice's score is kept, the per-pixel choice is
-    checked (:mod:`napari_mfif.focus.consistency`) and then smoothed as usual; the scores
-    are computed by ``ops`` (on the GPU with torch), the check and the smoothing in numpy.
+    :func:`napari_mfif.stack.nway_choice`, with the consistency check
+    (:mod:`napari_mfif.focus.consistency`) revising the per-pixel choice when it is on. On
+    the GPU without the check it is :func:`_nway_choice_torch`; with it, the scores are
+    computed by torch and brought back, and the check and the smoothing run in numpy.
     """
-    if consistency <= 0:
-        if ops is NUMPY:
-            return nway_choice(partial(measure, presmooth=presmooth, window=window), gray,
-                               partial(_gaussian, sigma=smooth), progress, floor=floor)
+    if consistency <= 0 and ops is not NUMPY:
         return _nway_choice_torch(ops, measure, gray, progress, floor=floor,
                                   presmooth=presmooth, window=window, smooth=smooth)
-    z = gray.shape[0]
-    scores = []
-    best = choice = None
-    for k in range(z):
-        if ops is NUMPY:
-            score = measure(gray[k], presmooth=presmooth, window=window)
-        else:
-            score = ops.numpy(measure(ops.tensor(gray[k]), presmooth=presmooth, window=window,
-                                      ops=ops)).astype(gray.dtype)
-        scores.append(score)
-        if best is None:
-            best, choice = score.copy(), np.zeros(score.shape, dtype=np.intp)
-        else:
-            better = score > best  # strict: ties go to the lower slice
-            best[better] = score[better]
-            choice[better] = k
-        if progress is not None:
-            progress(k + 1, 2 * z)
-    trust = np.clip(best / floor - 1, 0, 1).astype(gray.dtype) if floor > 0 else None
-    choice = _consistency.check(choice, scores, trust, consistency=consistency,
-                                agreement=agreement)
-    del scores
-    weights = np.empty(gray.shape, dtype=gray.dtype)
-    for k in range(z):
-        weights[k] = _gaussian((choice == k).astype(gray.dtype), smooth)
-        if progress is not None:
-            progress(z + k + 1, 2 * z)
-    weights /= weights.sum(axis=0, keepdims=True)
-    confidence = None if trust is None else _gaussian(trust, smooth)
-    return weights, confidence
+    revise = None
+    if consistency > 0:
+        def revise(choice, scores, trust):
+            return _consistency.check(choice, scores, trust, consistency=consistency,
+                                      agreement=agreement)
+    return nway_choice(partial(_score, measure, ops, presmooth=presmooth, window=window),
+                       gray, partial(_gaussian, sigma=smooth), progress, floor=floor,
+                       revise=revise)
+
+
+def _score(measure, ops, gray, *, presmooth, window):
+    """``measure`` of one numpy slice computed by ``ops``, as a numpy map of its dtype."""
+    if ops is NUMPY:
+        return measure(gray, presmooth=presmooth, window=window)
+    return ops.numpy(measure(ops.tensor(gray), presmooth=presmooth, window=window,
+                             ops=ops)).astype(gray.dtype)
 
 
 def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth, window,
@@ -266,13 +249,8 @@ def _nway_choice_torch(ops, measure, gray, progress, *, floor, presmooth, window
 def _pair_maps(measure, a, b, *, device, presmooth, window, smooth, **params):
     """Score and decision of the pair (a, b): score = f(a) / (f(a) + f(b)) (0.5 where
     both are flat), decision = the smoothed choose-max map (1 where a is chosen)."""
-    if device != "cpu":
-        ops = TorchOps(device)
-        fa, fb = (ops.numpy(measure(ops.tensor(x), presmooth=presmooth, window=window,
-                                    ops=ops)).astype(a.dtype) for x in (a, b))
-    else:
-        fa = measure(a, presmooth=presmooth, window=window)
-        fb = measure(b, presmooth=presmooth, window=window)
+    ops = TorchOps(device) if device != "cpu" else NUMPY
+    fa, fb = (_score(measure, ops, x, presmooth=presmooth, window=window) for x in (a, b))
     total = fa + fb
     score = np.divide(fa, total, out=np.full_like(total, 0.5), where=total > 0)
     decision = _gaussian((fa >= fb).astype(a.dtype), smooth)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..stack import _block_sums
 from ._ops import radius
 
 #: the vote grid's block size (px)
@@ -42,16 +43,6 @@ def reach(consistency: float) -> int:
     if consistency <= 0:
         return 0
     return (radius(consistency / BLOCK) + 1) * BLOCK
-
-
-def _block_means(image: np.ndarray) -> np.ndarray:
-    """Sums over BLOCK x BLOCK blocks divided by the full block's area (partial blocks at the
-    bottom and right edges are summed over the pixels they have)."""
-    h, w = image.shape
-    hb, wb = -(-h // BLOCK), -(-w // BLOCK)
-    padded = np.zeros((hb * BLOCK, wb * BLOCK), dtype=np.float32)
-    padded[:h, :w] = image
-    return padded.reshape(hb, BLOCK, wb, BLOCK).sum(axis=(1, 3)) / (BLOCK * BLOCK)
 
 
 def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consistency: float,
@@ -85,8 +76,9 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     # cumulative votes C[k] = sum_{j < k} V_j on the block grid, C[0] = 0
     cum = np.zeros((z + 1, -(-h // BLOCK), -(-w // BLOCK)), np.float32)
     for k in range(z):
-        votes = ndi.gaussian_filter(_block_means(np.where(choice == k, weight, 0)), sigma,
-                                    mode="reflect", truncate=3.0)
+        # means over the blocks' full area (partial blocks at the edges: over their pixels)
+        means = _block_sums(np.where(choice == k, weight, 0), BLOCK) / (BLOCK * BLOCK)
+        votes = ndi.gaussian_filter(means, sigma, mode="reflect", truncate=3.0)
         cum[k + 1] = cum[k] + votes
     by = (np.arange(h) // BLOCK)[:, None]
     bx = (np.arange(w) // BLOCK)[None, :]
