@@ -269,11 +269,23 @@ def _scorer(arch, weights, device):
     return DenseScorer(net, device)
 
 
+def prepared(gray, min_region, context=None):
+    """The network's input and the small-region area: ``gray`` (Z, Y, X) scaled to [0, 1]
+    (:func:`normalise`) and the area in pixels; for one window of a tiled run (``context``)
+    the whole stack's range and the fixed absolute area from its statistics."""
+    from .decision import min_region_area
+
+    if context is None:
+        area = min_region_area(gray.shape[1:], min_region) if min_region > 0 else 0
+        return normalise(gray), area
+    return normalise(gray, context.stats["span"]), context.stats["area"]
+
+
 def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
         min_region, gf_radius, gf_eps, nway_rule, pyramid_levels=1, context=None):
     import torch
 
-    from .decision import min_region_area, remove_small_regions_labels
+    from .decision import remove_small_regions_labels
     from .guided_filter import guided_filter
 
     check_size(*gray.shape[1:])
@@ -281,12 +293,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
     scorer = _scorer(arch, weights, device)
     dev = scorer.device
     z, h, w = gray.shape
-    if context is None:
-        g = normalise(gray)
-        area = min_region_area((h, w), min_region) if min_region > 0 else 0
-    else:  # one window of a tiled run: the whole stack's range, a fixed absolute area
-        g = normalise(gray, context.stats["span"])
-        area = context.stats["area"]
+    g, area = prepared(gray, min_region, context)
     radius = int(round(gf_radius))
 
     def to_t(a):
@@ -326,13 +333,9 @@ def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, 
     """Focus map and decision of the papers' pipeline for two gray slices."""
     import torch
 
-    from .decision import min_region_area
-
     check_size(*a.shape)
     scorer = _scorer(arch, weights, device)
-    g = normalise(np.stack([a, b]))
-    h, w = a.shape
-    area = min_region_area((h, w), min_region) if min_region > 0 else 0
+    g, area = prepared(np.stack([a, b]), min_region)
     with torch.inference_mode():
         return _pair_steps(scorer, g[0], g[1], threshold=threshold, area=area,
                            radius=int(round(gf_radius)), gf_eps=gf_eps,

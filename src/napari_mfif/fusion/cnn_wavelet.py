@@ -167,17 +167,9 @@ def _series(stack, gray, *, device, progress, wavelet, levels, cnn_params, cnn_c
             span):
     import torch
 
-    from .decision import min_region_area
-
     z, h, w = gray.shape
     scorer = cnn._scorer(cnn_params["arch"], cnn_params["weights"], device)
-    if cnn_context is None:
-        g = cnn.normalise(gray)
-        min_region = cnn_params["min_region"]
-        area = min_region_area((h, w), min_region) if min_region > 0 else 0
-    else:  # one window of a tiled run: the whole stack's range, a fixed absolute area
-        g = cnn.normalise(gray, cnn_context.stats["span"])
-        area = cnn_context.stats["area"]
+    g, area = cnn.prepared(gray, cnn_params["min_region"], cnn_context)
     steps = dict(threshold=cnn_params["threshold"], area=area,
                  radius=int(round(cnn_params["gf_radius"])), gf_eps=cnn_params["gf_eps"],
                  levels=cnn._levels(cnn_params))
