@@ -443,36 +443,28 @@ def _ome_pixels(tif) -> dict[str, str]:
 
 # -- lazy reading ----------------------------------------------------------------------------
 
-@_quiet
-def read_lazy(path: str | os.PathLike):
-    """A TIFF file's image as a dask array that reads its pages on demand.
+class _TiffLayout(NamedTuple):
+    """Where a TIFF's first series lies in the file, as :func:`read_lazy` reads it."""
 
-    The array is that of :func:`read_image` (the first series, length-1 axes dropped), one
-    chunk per TIFF page: building it reads only the file's tags, and computing a slice
-    decodes only the pages it covers. A series stored as one contiguous block described by
-    its first page (an ImageJ hyperstack over 4 GB, for instance) is read by byte offset,
-    one page-sized chunk at a time; any other layout becomes a single chunk. Damage that
-    shows without decoding (a truncated file, a looping chain of image directories, missing
-    strips, a header declaring more than the file holds, a compression that needs the
-    ``imagecodecs`` package) is reported here, not when a slice is first shown, and so is a
-    chunk too large for the memory available.
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    page_shape: tuple[int, ...]
+    locations: list  # (file, offset of the page's IFD) per page
+    block: int | None  # the series' data offset when it is one contiguous block
+    stored: np.dtype  # dtype with the file's byte order
+    one_page_per_chunk: bool
+    pages_fit: bool
+    n_pages: int
 
-    Parameters
-    ----------
-    path : str or path-like
-        A TIFF or BigTIFF file.
 
-    Returns
-    -------
-    dask.array.Array
-    """
+def _tiff_layout(path: Path) -> _TiffLayout:
+    """The shape, dtype and page layout of a TIFF's first series from its tags alone, with
+    the checks of :func:`read_lazy` (which builds its dask array from this; the command
+    line calls it to learn a stack's size without importing dask)."""
     path = Path(path)
     _open_check(path)
     if not is_tiff(path):
         raise MfifError(f"cannot read {path} lazily: it is not a TIFF file (use read_image)")
-    import dask
-    import dask.array as da
-
     try:
         with _open_tiff(path) as tif:
             series = _first_series(path, tif)
@@ -499,13 +491,49 @@ def read_lazy(path: str | os.PathLike):
         raise MfifError(f"cannot read TIFF file {path}: {_first_line(exc)}") from None
     if not math.prod(shape):
         raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
+    if (not one_page_per_chunk and block is not None
+            and block + math.prod(shape) * dtype.itemsize > path.stat().st_size):
+        raise _truncated(path, "the image data")
+    return _TiffLayout(shape, dtype, page_shape, locations, block, stored, one_page_per_chunk,
+                       pages_fit, n_pages)
 
+
+@_quiet
+def read_lazy(path: str | os.PathLike):
+    """A TIFF file's image as a dask array that reads its pages on demand.
+
+    The array is that of :func:`read_image` (the first series, length-1 axes dropped), one
+    chunk per TIFF page: building it reads only the file's tags, and computing a slice
+    decodes only the pages it covers. A series stored as one contiguous block described by
+    its first page (an ImageJ hyperstack over 4 GB, for instance) is read by byte offset,
+    one page-sized chunk at a time; any other layout becomes a single chunk. Damage that
+    shows without decoding (a truncated file, a looping chain of image directories, missing
+    strips, a header declaring more than the file holds, a compression that needs the
+    ``imagecodecs`` package) is reported here, not when a slice is first shown, and so is a
+    chunk too large for the memory available.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A TIFF or BigTIFF file.
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    import dask
+    import dask.array as da
+
+    path = Path(path)
+    layout = _tiff_layout(path)
+    shape, dtype, page_shape = layout.shape, layout.dtype, layout.page_shape
+    locations, block, stored = layout.locations, layout.block, layout.stored
+    one_page_per_chunk, pages_fit = layout.one_page_per_chunk, layout.pages_fit
+    n_pages = layout.n_pages
     if one_page_per_chunk:
         read = dask.delayed(_read_tiff_page)
         tasks = [read(file, offset, page_shape) for file, offset in locations]
     elif block is not None:
-        if block + math.prod(shape) * dtype.itemsize > path.stat().st_size:
-            raise _truncated(path, "the image data")
         read = dask.delayed(_read_tiff_bytes)
         page_bytes = math.prod(page_shape) * dtype.itemsize
         if pages_fit:

@@ -3,8 +3,13 @@ and the two ways of fusing many slices from per-slice focus maps (N-way and in s
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -19,6 +24,58 @@ MAX_CHANNELS = 16
 _LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 
 Progress = Callable[[int, int], None] | None
+
+#: the most threads the per-slice steps of one whole-image fusion use (each thread holds one
+#: slice's temporaries; see :func:`slice_threads`)
+MAX_SLICE_THREADS = 4
+
+_serial = threading.local()
+
+
+def slice_threads() -> int:
+    """How many threads the per-slice steps of a fusion may use: the cores this process may
+    run on, at most :data:`MAX_SLICE_THREADS`; 1 inside :func:`one_thread` (the windows of a
+    tiled run are already fused in parallel). scipy.ndimage's filters release the GIL, so
+    two slices filter at once on two cores."""
+    if getattr(_serial, "on", False):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_SLICE_THREADS, cores))
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Within this block (in this thread), :func:`slice_threads` is 1."""
+    was = getattr(_serial, "on", False)
+    _serial.on = True
+    try:
+        yield
+    finally:
+        _serial.on = was
+
+
+def map_slices(function: Callable[[int], Any], n: int, threads: int = 1) -> Iterator[Any]:
+    """``function(k)`` for k = 0 .. n - 1, yielded in order, computed on ``threads`` threads
+    with at most ``threads + 1`` results waiting (so memory stays bounded however many
+    slices there are). Stopping the iteration early cancels what has not started."""
+    if threads <= 1 or n <= 1:
+        for k in range(n):
+            yield function(k)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mfif-slice")
+    try:
+        pending: deque = deque()
+        for k in range(n):
+            pending.append(pool.submit(function, k))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _shape_str(shape) -> str:
@@ -242,6 +299,8 @@ def nway_choice(
     *,
     floor: float = 0.0,
     revise: Callable[[np.ndarray, list, np.ndarray | None], np.ndarray] | None = None,
+    threads: int = 1,
+    smooth_reach: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The smoothed choose-max weights of :func:`nway_weights` before any flat-area fill,
     and the confidence map of the noise floor (None when ``floor`` is 0).
@@ -249,32 +308,64 @@ def nway_choice(
     ``revise(choice, scores, trust) -> choice``, when given, may change the per-pixel choice
     before it is smoothed (e.g. :func:`napari_mfif.focus.consistency.check`); it gets every
     slice's score (kept only then) and the noise-floor trust in [0, 1] (None without a
-    floor)."""
+    floor). ``threads``: slices scored and smoothed at once (``focus`` and ``smooth`` must
+    then be safe to call from several threads); the result does not depend on it.
+    ``smooth_reach``: how far (px) ``smooth`` spreads a pixel, when it is a filter with
+    scipy's ``reflect`` edges; each slice's decision map is then smoothed only over the
+    box around the pixels that chose it plus that reach (zero elsewhere: the same numbers,
+    for less work when each slice wins a small part of the image)."""
     z = gray.shape[0]
     best = np.full(gray.shape[1:], -np.inf, dtype=gray.dtype)
-    choice = np.zeros(gray.shape[1:], dtype=np.intp)
+    choice = np.zeros(gray.shape[1:], dtype=np.uint8 if z <= 256 else np.intp)
     scores = []
-    for k in range(z):
-        score = focus(gray[k])
+    for k, score in enumerate(map_slices(lambda k: focus(gray[k]), z, threads)):
         if revise is not None:
             scores.append(score)
         better = score > best
-        best[better] = score[better]
-        choice[better] = k
+        np.copyto(best, score, where=better)
+        np.copyto(choice, k, where=better, casting="unsafe")
         if progress is not None:
             progress(k + 1, 2 * z)
     trust = np.clip(best / floor - 1, 0, 1).astype(gray.dtype) if floor > 0 else None
+    del best
     if revise is not None:
         choice = revise(choice, scores, trust)
         del scores
     weights = np.empty(gray.shape, dtype=gray.dtype)
-    for k in range(z):
-        weights[k] = smooth((choice == k).astype(gray.dtype))
+
+    def smoothed(k: int) -> None:
+        chosen = choice == k
+        if smooth_reach is None:
+            weights[k] = smooth(chosen.astype(gray.dtype))
+            return
+        box = _grown_box(chosen, smooth_reach)
+        weights[k] = 0
+        if box is not None:
+            weights[k][box] = smooth(chosen[box].astype(gray.dtype))
+
+    for k, _ in enumerate(map_slices(smoothed, z, threads)):
         if progress is not None:
             progress(z + k + 1, 2 * z)
     weights /= weights.sum(axis=0, keepdims=True)
     confidence = None if trust is None else smooth(trust)
     return weights, confidence
+
+
+def _grown_box(mask: np.ndarray, reach: int) -> tuple[slice, slice] | None:
+    """The bounding box of ``mask``'s true pixels grown by ``reach`` on every side (within
+    the array), or None when there are none.
+
+    A filter of that reach with ``reflect`` edges gives the same values inside the box
+    whether it runs on the box or on the whole (zero-outside) map: the box's margins are
+    zero as far as the filter sees, so its reflection there reads zeros as the whole map
+    does, and at the array's own edges the box reflects the same pixels as the whole."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(int(rows[0]) - reach, 0), min(int(rows[-1]) + reach + 1, h)),
+            slice(max(int(cols[0]) - reach, 0), min(int(cols[-1]) + reach + 1, w)))
 
 
 def nway_weights(
@@ -300,7 +391,7 @@ def nway_weights(
     """
     weights, confidence = nway_choice(focus, gray, smooth, progress, floor=floor)
     if confidence is not None:
-        weights = fill_flat_areas(weights, confidence, view=view, maps=maps)
+        weights = fill_flat_areas(weights, confidence, view=view, maps=maps, in_place=True)
     return weights
 
 
@@ -311,9 +402,16 @@ NOISE_SAMPLES = 250_000
 def _immerkaer_at(g: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Immerkaer's noise operator (the difference of two Laplacians, kernel
     [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]) at the pixels ``ys`` x ``xs`` of ``g`` (which
-    must have a 1-pixel border around them), summed in a fixed order."""
+    must have a 1-pixel border around them), summed in a fixed order. ``ys`` and ``xs`` are
+    regular grids (:func:`_grid_points`), read as strided views rather than gathered."""
+    if not (ys.size and xs.size):
+        return np.empty((ys.size, xs.size), g.dtype)
+    sy = int(ys[1] - ys[0]) if ys.size > 1 else 1
+    sx = int(xs[1] - xs[0]) if xs.size > 1 else 1
+
     def at(dy: int, dx: int) -> np.ndarray:
-        return g[np.ix_(ys + dy, xs + dx)]
+        y0, x0 = int(ys[0]) + dy, int(xs[0]) + dx
+        return g[y0:y0 + (ys.size - 1) * sy + 1:sy, x0:x0 + (xs.size - 1) * sx + 1:sx]
 
     r = at(-1, -1) - 2 * at(-1, 0) + at(-1, 1)
     r += -2 * at(0, -1) + 4 * at(0, 0) - 2 * at(0, 1)
@@ -390,8 +488,11 @@ def _block_sums(image: np.ndarray, factor: int) -> np.ndarray:
     blocks partial), in float64 and in a fixed order whatever the array's size."""
     h, w = image.shape
     hb, wb = -(-h // factor), -(-w // factor)
-    padded = np.zeros((hb * factor, wb * factor), np.float64)
-    padded[:h, :w] = image
+    if (h, w) == (hb * factor, wb * factor) and image.flags.c_contiguous:
+        padded = image  # summed into float64 below, the same numbers without the copy
+    else:
+        padded = np.zeros((hb * factor, wb * factor), np.float64)
+        padded[:h, :w] = image
     cols = padded.reshape(hb * factor, wb, factor)
     rows = np.zeros((hb * factor, wb), np.float64)
     for j in range(factor):
@@ -409,28 +510,37 @@ def _block_counts(n: int, factor: int, first: int, count: int) -> np.ndarray:
     return np.clip(n - starts, 0, factor).astype(np.float64)
 
 
+def _upsample_axis(lo: int, hi: int, factor: int, nb: int, f0: int, n_local: int):
+    """Per global pixel lo .. hi - 1 of an axis: the two grid cells it interpolates between
+    (local indices) and its weight on the second (see :func:`_upsample`)."""
+    u = np.clip((np.arange(lo, hi) + 0.5) / factor - 0.5, 0, nb - 1)
+    i0 = np.floor(u).astype(np.intp)
+    i1 = np.minimum(i0 + 1, nb - 1)
+    # a window's grid may miss the block after its last one: its outermost pixels
+    # (overlap, cropped later) then take the last block's value
+    return (np.clip(i0 - f0, 0, n_local - 1), np.clip(i1 - f0, 0, n_local - 1),
+            (u - i0).astype(np.float32))
+
+
 def _upsample(grid: np.ndarray, factor: int, first: tuple[int, int], n_blocks: tuple[int, int],
-              box: tuple[int, int, int, int]) -> np.ndarray:
+              box: tuple[int, int, int, int], at: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> np.ndarray:
     """Linear interpolation of a block grid back to pixels, in global coordinates.
 
     ``grid[i, j]`` is block ``(first[0] + i, first[1] + j)`` of a whole image with
     ``n_blocks`` blocks per axis (block centres at ``(b + 0.5) * factor - 0.5``); the result
-    covers the global pixels ``box = (y0, y1, x0, x1)``.
+    covers the global pixels ``box = (y0, y1, x0, x1)``, or only the pixels ``at = (ys,
+    xs)`` of the box (local indices; the same numbers, as a 1-D array).
     """
-    def axis(lo, hi, nb, f0, n_local):
-        u = np.clip((np.arange(lo, hi) + 0.5) / factor - 0.5, 0, nb - 1)
-        i0 = np.floor(u).astype(np.intp)
-        i1 = np.minimum(i0 + 1, nb - 1)
-        # a window's grid may miss the block after its last one: its outermost pixels
-        # (overlap, cropped later) then take the last block's value
-        return (np.clip(i0 - f0, 0, n_local - 1), np.clip(i1 - f0, 0, n_local - 1),
-                (u - i0).astype(np.float32))
-
     y0, y1, x0, x1 = box
-    r0, r1, fy = axis(y0, y1, n_blocks[0], first[0], grid.shape[0])
-    c0, c1, fx = axis(x0, x1, n_blocks[1], first[1], grid.shape[1])
-    rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]
-    return rows[:, c0] * (1 - fx)[None, :] + rows[:, c1] * fx[None, :]
+    r0, r1, fy = _upsample_axis(y0, y1, factor, n_blocks[0], first[0], grid.shape[0])
+    c0, c1, fx = _upsample_axis(x0, x1, factor, n_blocks[1], first[1], grid.shape[1])
+    if at is None:
+        rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]
+        return rows[:, c0] * (1 - fx)[None, :] + rows[:, c1] * fx[None, :]
+    ys, xs = at
+    rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]  # (rows of the box, grid)
+    return rows[ys, c0[xs]] * (1 - fx)[xs] + rows[ys, c1[xs]] * fx[xs]
 
 
 def _grid_blur(sums: np.ndarray, counts_y: np.ndarray, counts_x: np.ndarray,
@@ -500,7 +610,8 @@ def fill_maps(parts: Sequence[FillSums], shape: tuple[int, int], z: int) -> Fill
 
 
 def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float = 1.0, *,
-                    view: View | None = None, maps: FillMaps | None = None) -> np.ndarray:
+                    view: View | None = None, maps: FillMaps | None = None,
+                    in_place: bool = False) -> np.ndarray:
     """Weights for a stack where the focus decision is only trusted with ``confidence``.
 
     Where ``confidence`` (Y, X) in [0, 1] is low (flat or noise-only areas), the height is
@@ -513,6 +624,7 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float =
     made by :func:`fill_maps` from the :func:`fill_sums` of every window; the result in the
     window's core is then the same as for the whole image (given an overlap of at least
     :data:`FILL_REACH` px beyond the reach of ``weights`` and ``confidence``).
+    ``in_place``: write into ``weights`` (and return it) instead of a copy.
     """
     if float(confidence.min()) >= 1:  # every pixel textured: nothing to fill (and where
         return weights               # confidence is 1 the blend below returns weights exactly)
@@ -527,7 +639,10 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float =
     oy, ox = view.origin
     box = (oy, oy + h, ox, ox + w)
     c32 = confidence.astype(np.float32)
-    filled = np.full((h, w), np.nan, dtype=np.float32)
+    # only the pixels whose confidence is below 1 change (elsewhere c * w + 0 * flat is w
+    # exactly): the fill heights are interpolated at those pixels alone
+    at = np.nonzero(confidence < 1)
+    filled = np.full(at[0].size, np.nan, dtype=np.float32)
 
     def take(support: np.ndarray, value: np.ndarray) -> None:
         reach = np.isnan(filled) & (support > 0.02)
@@ -541,19 +656,29 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float =
     nb = (-(-H // block), -(-W // block))
     cy = _block_counts(H, block, first[0], -(-h // block))
     cx = _block_counts(W, block, first[1], -(-w // block))
-    near = [_upsample(_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block),
-                      block, first, nb, box) for a in (c32, c32 * height)]
-    take(*near)
+    take(*(_upsample(_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block),
+                     block, first, nb, box, at) for a in (c32, c32 * height)))
     for factor, support, value in maps.grids:
+        todo = np.flatnonzero(np.isnan(filled))
+        if not todo.size:
+            break
         nb = (-(-H // factor), -(-W // factor))
-        take(_upsample(support, factor, (0, 0), nb, box),
-             _upsample(value, factor, (0, 0), nb, box))
+        points = (at[0][todo], at[1][todo])
+        sup = np.full(filled.size, 0, np.float32)
+        val = np.zeros(filled.size, np.float32)
+        sup[todo] = _upsample(support, factor, (0, 0), nb, box, points)
+        val[todo] = _upsample(value, factor, (0, 0), nb, box, points)
+        take(sup, val)
     filled[np.isnan(filled)] = maps.middle
-    ks = np.arange(z, dtype=np.float32)[:, None, None]
+    ks = np.arange(z, dtype=np.float32)[:, None]
     flat = np.exp(-0.5 * ((ks - filled[None]) / spread) ** 2)
     flat /= flat.sum(axis=0, keepdims=True)
-    c = confidence[None].astype(weights.dtype)
-    return (c * weights + (1 - c) * flat.astype(weights.dtype)).astype(weights.dtype)
+    c = confidence[at][None].astype(weights.dtype)
+    out = weights if in_place else weights.copy()
+    for k in range(z):  # slice by slice: no (Z, pixels) copies of the weights
+        out[k][at] = (c[0] * weights[k][at] + (1 - c[0]) * flat[k].astype(weights.dtype)
+                      ).astype(weights.dtype)
+    return out
 
 
 def index_from_weights(weights: np.ndarray) -> np.ndarray:

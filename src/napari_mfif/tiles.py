@@ -180,19 +180,23 @@ def _prepare(window: Any, focus_channel: Any):
 def task_stats(window, view: View, method: str, mode: str, params: dict, focus_channel):
     """Pass 1 on one window: the method's sample of it."""
     from .registry import get_method
+    from .stack import one_thread
 
     spec = get_method(method)
     work, gray, _ = _prepare(window, focus_channel)
-    return spec.tiling.stats(gray, view, mode=mode, stack=work, **params)
+    with one_thread():  # the windows run in parallel already
+        return spec.tiling.stats(gray, view, mode=mode, stack=work, **params)
 
 
 def task_coarse(window, view: View, method: str, mode: str, params: dict, focus_channel, stats):
     """Pass 2 on one window: its share of the method's coarse whole-image maps."""
     from .registry import get_method
+    from .stack import one_thread
 
     spec = get_method(method)
     work, gray, _ = _prepare(window, focus_channel)
-    return spec.tiling.coarse(work, gray, view, stats, mode=mode, **params)
+    with one_thread():
+        return spec.tiling.coarse(work, gray, view, stats, mode=mode, **params)
 
 
 def task_fuse(window, view: View, method: str, mode: str, device: str, params: dict,
@@ -201,13 +205,14 @@ def task_fuse(window, view: View, method: str, mode: str, device: str, params: d
     a grey stack) and the core's height map (float32 slices)."""
     from ._device import release
     from .registry import get_method
-    from .stack import to_dtype
+    from .stack import one_thread, to_dtype
 
     spec = get_method(method)
     work, gray, had_channels = _prepare(window, focus_channel)
     try:
-        out = spec.run(work, gray, mode=mode, device=device, progress=None,
-                       keep_weights=False, context=Context(view, stats, coarse), **params)
+        with one_thread():
+            out = spec.run(work, gray, mode=mode, device=device, progress=None,
+                           keep_weights=False, context=Context(view, stats, coarse), **params)
     finally:
         release(device)
     y0, y1, x0, x1 = view.core

@@ -30,7 +30,7 @@ from ..registry import Method, register_method
 from ..tiles import Tiling
 from ..stack import (FILL_REACH, blend, fill_flat_areas, fill_maps, fill_sums, fuse_series,
                      index_from_weights, noise_samples, noise_sigma, noise_sigma_from,
-                     nway_choice)
+                     nway_choice, slice_threads)
 from . import consistency as _consistency
 from ._ops import NUMPY, TorchOps, radius as _radius
 
@@ -167,7 +167,8 @@ def _choose(measure, ops, gray, progress, *, floor, presmooth, window, smooth, c
                                       agreement=agreement)
     return nway_choice(partial(_score, measure, ops, presmooth=presmooth, window=window),
                        gray, partial(_gaussian, sigma=smooth), progress, floor=floor,
-                       revise=revise)
+                       revise=revise, threads=slice_threads() if ops is NUMPY else 1,
+                       smooth_reach=_radius(smooth))
 
 
 def _score(measure, ops, gray, *, presmooth, window):
@@ -195,7 +196,7 @@ def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth,
                                       presmooth=presmooth, window=window, smooth=smooth,
                                       consistency=consistency, agreement=agreement)
         if confidence is not None:
-            weights = fill_flat_areas(weights, confidence, view=view, maps=maps)
+            weights = fill_flat_areas(weights, confidence, view=view, maps=maps, in_place=True)
         return blend(stack, weights), index_from_weights(weights), weights
 
     if ops is NUMPY:
@@ -263,7 +264,9 @@ def register_measure(name: str, measure, summary: str, *, defaults: dict | None 
     (written with the operations of ``ops``, see :mod:`napari_mfif.focus._ops`, so that it
     runs in numpy and in torch) as a choose-max fusion method called ``name``, with the
     shared parameters and steps. It runs on the CPU, and on a CUDA GPU when asked for
-    (``device="cuda"``; ``auto`` keeps it on the CPU).
+    (``device="cuda"``; ``auto`` keeps it on the CPU). On the CPU the slices are scored on
+    several threads at once (:func:`napari_mfif.stack.slice_threads`), so ``measure`` must
+    be safe to call from several threads (plain numpy and scipy code is).
 
     ``defaults`` overrides shared defaults, ``help`` their one-line meanings;
     ``measure_reach(params) -> px`` says how far the measure sees (the default: the shared
