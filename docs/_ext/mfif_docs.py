@@ -32,6 +32,7 @@ API_MODULES = (
     "napari_mfif.tiles",
     "napari_mfif.slide_io",
     "napari_mfif.synthetic",
+    "napari_mfif.optics",
     "napari_mfif.layers",
     "napari_mfif.io",
     "napari_mfif.align",
