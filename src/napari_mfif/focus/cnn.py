@@ -58,6 +58,10 @@ STRIDE = 2
 MARGIN = 4  # receptive-field margin around a patch (pixels), see the module docstring
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: the training data of shipped weights (``python -m napari_mfif.train --data``): the papers'
+#: Gaussian-blur pairs (``<arch>.pt``) or those mixed with pairs from physically simulated
+#: microscope stacks (``<arch>_microscopy.pt``)
+TRAININGS = ("papers", "microscopy")
 
 
 @dataclass(frozen=True)
@@ -235,8 +239,10 @@ class DenseScorer:
 
 # -- weights ----------------------------------------------------------------------
 
-def builtin_weights(arch: str) -> Path:
-    return WEIGHTS_DIR / f"{arch}.pt"
+def builtin_weights(arch: str, training: str = "papers") -> Path:
+    """The shipped weights file of ``arch`` trained on ``training`` data (:data:`TRAININGS`):
+    ``<arch>.pt`` for the papers' recipe, ``<arch>_<training>.pt`` otherwise."""
+    return WEIGHTS_DIR / (f"{arch}.pt" if training == "papers" else f"{arch}_{training}.pt")
 
 
 def save_weights(net: FocusNet, path: str | Path, arch: str, meta: dict) -> None:
@@ -296,16 +302,28 @@ def _cached_net(path: str, mtime: float, device: str) -> FocusNet:
     return net.to(device).eval()
 
 
-def load_net(weights: str | Path | None, arch: str, device: str) -> tuple[FocusNet, dict]:
-    """The network for ``weights`` (a file) or the shipped weights of ``arch``; cached per
-    file and device. Returns the net and the file's training record."""
+def load_net(weights: str | Path | None, arch: str, device: str,
+             training: str = "papers") -> tuple[FocusNet, dict]:
+    """The network for ``weights`` (a file) or the shipped weights of ``arch`` trained on
+    ``training`` data (:data:`TRAININGS`; ignored when a file is given); cached per file and
+    device. Returns the net and the file's training record."""
     if weights in (None, ""):
         if arch not in ARCHS:
             raise MfifError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
-        path = builtin_weights(arch)
+        if training not in TRAININGS:
+            raise MfifError(f"unknown training data {training!r}; choose one of: "
+                            f"{', '.join(TRAININGS)}")
+        path = builtin_weights(arch, training)
         if not path.is_file():
-            raise MfifError(f"no trained weights ship for architecture {arch!r}; train them with "
-                            f"'python -m napari_mfif.train --arch {arch}' and pass weights=FILE")
+            if training == "papers":
+                raise MfifError(f"no trained weights ship for architecture {arch!r}; train them "
+                                f"with 'python -m napari_mfif.train --arch {arch}' and pass "
+                                f"weights=FILE")
+            have = [a for a in ARCHS if builtin_weights(a, training).is_file()]
+            raise MfifError(f"no weights trained on {training} data ship for architecture "
+                            f"{arch!r} (they ship for: {', '.join(have) or 'none'}); train them "
+                            f"with 'python -m napari_mfif.train --arch {arch} --data {training}' "
+                            f"and pass weights=FILE")
     else:
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -28,6 +28,12 @@ goes through stream 0, the second through stream 1; single slices are scored by 
 slice-score head), ``wavelet`` (Haar sub-bands as input, paper 002) and ``compact_mixed``
 (mixed max/average pooling, paper 001).
 
+``training`` picks what the shipped weights were trained on: ``papers`` (default, the papers'
+Gaussian-blur pairs, ``<arch>.pt``) or ``microscopy`` (those mixed with pairs from physically
+simulated brightfield and fluorescence stacks, ``napari_mfif.optics``, so that phase fringes
+and out-of-focus haze count as defocus; ``<arch>_microscopy.pt``, shipped for ``compact``). A
+``weights`` file overrides both ``arch`` and ``training``.
+
 ``pyramid_levels`` > 1 (paper 001's Gaussian pyramid) scores the inputs at 1/2, 1/4, ... of
 their size too (5-tap binomial Gaussian, then every second pixel), spreads each level's scores
 over its patches, upsamples the maps bilinearly to full size and averages them in logit space:
@@ -53,6 +59,7 @@ from ..tiles import Tiling
 
 DEFAULTS = {
     "arch": "compact",
+    "training": "papers",
     "weights": "",
     "threshold": 0.5,
     "min_region": 0.01,
@@ -64,7 +71,11 @@ DEFAULTS = {
 HELP = {
     "arch": "network whose shipped weights are used: compact, liu2017, dual (two-stream), "
             "wavelet (Haar sub-band input) or compact_mixed (mixed pooling)",
-    "weights": "path of a weights file from 'python -m napari_mfif.train' (overrides arch)",
+    "training": "training data of the shipped weights: papers (the papers' Gaussian-blur "
+                "pairs) or microscopy (also pairs from simulated brightfield and fluorescence "
+                "stacks; shipped for compact)",
+    "weights": "path of a weights file from 'python -m napari_mfif.train' (overrides arch "
+               "and training)",
     "threshold": "focus-map threshold of the binary decision (paper: 0.5)",
     "min_region": "regions smaller than this fraction of H*W are flipped (paper: 0.01; 0 = off)",
     "gf_radius": "guided-filter radius in pixels (paper: 8)",
@@ -74,6 +85,8 @@ HELP = {
                       "at most 4)",
 }
 ARCH_NAMES = ("compact", "liu2017", "dual", "wavelet", "compact_mixed")
+#: focus.cnn.TRAININGS (not imported: that imports torch)
+TRAINING_NAMES = ("papers", "microscopy")
 
 
 #: the network judges 16 x 16 patches (focus.cnn.PATCH; not imported: that imports torch)
@@ -262,10 +275,10 @@ def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1):
     return focus, d.clamp_(0, 1).cpu().numpy()
 
 
-def _scorer(arch, weights, device):
+def _scorer(arch, weights, device, training="papers"):
     from ..focus.cnn import DenseScorer, load_net
 
-    net, _ = load_net(weights or None, arch, device)
+    net, _ = load_net(weights or None, arch, device, training)
     return DenseScorer(net, device)
 
 
@@ -282,7 +295,8 @@ def prepared(gray, min_region, context=None):
 
 
 def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
-        min_region, gf_radius, gf_eps, nway_rule, pyramid_levels=1, context=None):
+        min_region, gf_radius, gf_eps, nway_rule, pyramid_levels=1, training="papers",
+        context=None):
     import torch
 
     from .decision import remove_small_regions_labels
@@ -290,7 +304,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
 
     check_size(*gray.shape[1:])
     levels = _levels({"pyramid_levels": pyramid_levels})
-    scorer = _scorer(arch, weights, device)
+    scorer = _scorer(arch, weights, device, training)
     dev = scorer.device
     z, h, w = gray.shape
     g, area = prepared(gray, min_region, context)
@@ -329,12 +343,12 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
 
 
 def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, gf_eps,
-              nway_rule, pyramid_levels=1):
+              nway_rule, pyramid_levels=1, training="papers"):
     """Focus map and decision of the papers' pipeline for two gray slices."""
     import torch
 
     check_size(*a.shape)
-    scorer = _scorer(arch, weights, device)
+    scorer = _scorer(arch, weights, device, training)
     g, area = prepared(np.stack([a, b]), min_region)
     with torch.inference_mode():
         return _pair_steps(scorer, g[0], g[1], threshold=threshold, area=area,
@@ -349,7 +363,7 @@ register_method(Method(
     run=run,
     pair_maps=pair_maps,
     params=dict(DEFAULTS),
-    param_choices={"arch": ARCH_NAMES, "nway_rule": ("soft", "hard")},
+    param_choices={"arch": ARCH_NAMES, "training": TRAINING_NAMES, "nway_rule": ("soft", "hard")},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
     torch_cpu=True,

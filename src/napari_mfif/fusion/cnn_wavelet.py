@@ -168,7 +168,8 @@ def _series(stack, gray, *, device, progress, wavelet, levels, cnn_params, cnn_c
     import torch
 
     z, h, w = gray.shape
-    scorer = cnn._scorer(cnn_params["arch"], cnn_params["weights"], device)
+    scorer = cnn._scorer(cnn_params["arch"], cnn_params["weights"], device,
+                         cnn_params.get("training", "papers"))
     g, area = cnn.prepared(gray, cnn_params["min_region"], cnn_context)
     steps = dict(threshold=cnn_params["threshold"], area=area,
                  radius=int(round(cnn_params["gf_radius"])), gf_eps=cnn_params["gf_eps"],
