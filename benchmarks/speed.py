@@ -732,8 +732,9 @@ def main() -> None:
         "In-memory figures are the median of "
         f"{reps} runs of `napari_mfif.fuse(stack, method, mode, device=\"cpu\")` (fused "
         "image and height map) after a warm-up run, each configuration in a fresh process. "
-        "*cores*: CPU time / wall time (napari-mfif's fusion runs on one core; pocl and "
-        "enfuse use both). *peak MiB*: the process's resident-set high-water mark during "
+        "*cores*: CPU time / wall time (the classic methods' N-way per-slice steps run "
+        "on up to four threads, their series mode and the pyramids on one; torch uses "
+        "every core; pocl and enfuse use both). *peak MiB*: the process's resident-set high-water mark during "
         "the timed runs minus its resident set before them (stack loaded, warm-up done). "
         "PSNR against the synthetic stack's sharp ground truth (peak = its range).",
         "",
