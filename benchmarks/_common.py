@@ -120,3 +120,15 @@ def psnr_capped(reference, image, data_range) -> float:
     from napari_mfif import metrics
 
     return min(metrics.psnr(reference, image, data_range), PSNR_CAP)
+
+
+def gt_stack(scene: str, depth_kind: str, z: int, noise: float, photons, haze: float,
+             seed: int, shape=(256, 256)):
+    """One ground-truth synthetic stack of the benchmarks' cases (quality.py's ``SYNTH``):
+    textured cells or fluorescence-like objects, on a smooth or step depth map, uint16."""
+    from napari_mfif.synthetic import cells_image, fluorescence_image, smooth_depth, step_depth
+
+    sharp = (cells_image if scene == "cells" else fluorescence_image)(shape, seed=seed)
+    depth = (smooth_depth if depth_kind == "smooth" else step_depth)(shape, z, seed=seed)
+    return mf.focal_stack(sharp, depth, n_slices=z, blur_per_slice=1.5 if z <= 5 else 1.0,
+                          noise=noise, photons=photons, haze=haze, dtype=np.uint16, seed=seed)

@@ -33,10 +33,9 @@ import numpy as np
 import napari_mfif as mf
 from napari_mfif import metrics, optics
 from napari_mfif.io import read_image
-from napari_mfif.synthetic import cells_image, fluorescence_image, smooth_depth, step_depth
 from napari_mfif.train import MICRO_KINDS, evaluate_microscopy, microscopy_heldout_set, \
     random_optics
-from _common import DATA, DOCS, machine, run
+from _common import DATA, DOCS, gt_stack, machine, run
 from brightfield import _gray, gradient_energy
 from quality import IMG, SYNTH, _colour, table
 
@@ -338,12 +337,7 @@ def gaussian_synthetic(quick):
     for scene, depth_kind, z, noise, photons, haze in SYNTH:
         q = {c: [] for c in CORE}
         for seed in seeds:
-            shape = (256, 256)
-            sharp = (cells_image if scene == "cells" else fluorescence_image)(shape, seed=seed)
-            depth = (smooth_depth if depth_kind == "smooth" else step_depth)(shape, z, seed=seed)
-            s = mf.focal_stack(sharp, depth, n_slices=z, blur_per_slice=1.5 if z <= 5 else 1.0,
-                               noise=noise, photons=photons, haze=haze, dtype=np.uint16,
-                               seed=seed)
+            s = gt_stack(scene, depth_kind, z, noise, photons, haze, seed)
             for c in CORE:
                 r = run(s.stack, *c)
                 q[c].append((metrics.psnr(s.sharp, r.image, 4095),

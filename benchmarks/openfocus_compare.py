@@ -31,13 +31,12 @@ import numpy as np
 
 import napari_mfif as mf
 import _openfocus as of
-from _common import DATA, DOCS, PSNR_CAP, machine, psnr_capped, run
+from _common import DATA, DOCS, PSNR_CAP, gt_stack, machine, psnr_capped, run
 from brightfield import _crop, _gray, gradient_energy
 from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
-from napari_mfif.synthetic import (cells_image, fluorescence_image, fringe_stack, smooth_depth,
-                                   step_depth)
+from napari_mfif.synthetic import cells_image, fringe_stack
 from quality import IMG, SYNTH, _save, table
 
 #: our columns: the default method, two others in N-way mode, the default in series mode
@@ -138,12 +137,7 @@ def synthetic(cols: Columns, quick):
         hper = {c: [] for c in cols.columns}
         oracle = []
         for seed in seeds:
-            shape = (256, 256)
-            sharp = (cells_image if scene == "cells" else fluorescence_image)(shape, seed=seed)
-            depth = (smooth_depth if depth_kind == "smooth" else step_depth)(shape, z, seed=seed)
-            s = mf.focal_stack(sharp, depth, n_slices=z, blur_per_slice=1.5 if z <= 5 else 1.0,
-                               noise=noise, photons=photons, haze=haze, dtype=np.uint16,
-                               seed=seed)
+            s = gt_stack(scene, depth_kind, z, noise, photons, haze, seed)
             oracle.append(max(metrics.psnr(s.sharp, sl, 4095) for sl in s.stack))
             for c in cols.columns:
                 out = cols.fuse("synthetic", c, s.stack)

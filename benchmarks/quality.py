@@ -35,9 +35,8 @@ import napari_mfif as mf
 from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
-from napari_mfif.synthetic import cells_image, fluorescence_image, smooth_depth, step_depth
-from _common import (DATA, DOCS, PSNR_CAP, Timer, label, machine, psnr_capped, registry_runs,
-                     variant_runs)
+from _common import (DATA, DOCS, PSNR_CAP, Timer, gt_stack, label, machine, psnr_capped,
+                     registry_runs, variant_runs)
 
 BASELINES = [("mean", ""), ("max", "")]
 IMG = DOCS / "img"
@@ -93,12 +92,7 @@ def synthetic(runs, timer, seeds):
         herr = {c: [] for c in runs}
         oracle = []
         for seed in seeds:
-            shape = (256, 256)
-            sharp = (cells_image if scene == "cells" else fluorescence_image)(shape, seed=seed)
-            depth = (smooth_depth if depth_kind == "smooth" else step_depth)(shape, z, seed=seed)
-            s = mf.focal_stack(sharp, depth, n_slices=z, blur_per_slice=1.5 if z <= 5 else 1.0,
-                               noise=noise, photons=photons, haze=haze, dtype=np.uint16,
-                               seed=seed)
+            s = gt_stack(scene, depth_kind, z, noise, photons, haze, seed)
             oracle.append(max(metrics.psnr(s.sharp, sl, 4095) for sl in s.stack))
             for c in cols:
                 r = timer.fuse(c, s.stack, *c)
