@@ -21,6 +21,7 @@ Absent data is skipped with a line saying so.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import numpy as np
@@ -31,13 +32,18 @@ from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
 from napari_mfif.synthetic import fringe_stack
-from _common import DATA, DOCS, machine
+from _common import DATA, DOCS, machine, run
 from quality import IMG, _colour, _save, _to8, table
+
+#: parameter variants compared as methods of their own: the CNN with the weights trained on
+#: simulated microscope stacks
+VARIANTS = ("cnn[training=microscopy]",)
+
 
 #: the methods compared, N-way (the CNN's soft rule), and the default first
 def _methods():
     names = [DEFAULT_METHOD] + [m for m in mf.available_methods() if m != DEFAULT_METHOD]
-    return names
+    return names + list(VARIANTS)
 
 
 def _gray(image) -> np.ndarray:
@@ -78,7 +84,7 @@ def blood_smear(quick):
              f"{gradient_energy(s) / g_ref:.3f}"] for k, s in enumerate(stack)]
     results = {}
     for m in _methods():
-        res = mf.fuse(stack, method=m, device="cpu")
+        res = run(stack, m, "nway")
         results[m] = res
         tag = " (default)" if m == DEFAULT_METHOD else ""
         rows.append([f"**{m}**{tag}", f"{metrics.ssim(_gray(ref), _gray(res.image), 255):.3f}",
@@ -118,12 +124,14 @@ def _pictures(title, stack, slug, names):
     _save(_to8(stack[sharpest]), IMG / f"bf_{slug}_input.jpg", size=400)
     heads = [f"slice {sharpest} (sharpest)"]
     for m in names:
-        res = mf.fuse(stack, method=m, device="cpu")
-        _save(_to8(res.image), IMG / f"bf_{slug}_{m}.jpg", size=400)
-        _save(_colour(res.index_map, z), IMG / f"bf_{slug}_{m}_height.jpg", size=400)
+        res = run(stack, m, "nway")
+        stem = re.sub(r"[^A-Za-z0-9_]+", "_", m).strip("_")  # cnn[training=x] -> cnn_training_x
+        _save(_to8(res.image), IMG / f"bf_{slug}_{stem}.jpg", size=400)
+        _save(_colour(res.index_map, z), IMG / f"bf_{slug}_{stem}_height.jpg", size=400)
         counts = np.bincount(np.clip(np.rint(res.index_map), 0, z - 1).astype(int).ravel(),
                              minlength=z) / res.index_map.size
-        cells.append(f"![{m}](img/bf_{slug}_{m}.jpg)<br>![height](img/bf_{slug}_{m}_height.jpg)"
+        cells.append(f"![{stem}](img/bf_{slug}_{stem}.jpg)<br>"
+                     f"![height](img/bf_{slug}_{stem}_height.jpg)"
                      "<br>slices used: "
                      + ", ".join(f"{100 * c:.0f}%" for c in counts))
         heads.append(m)
@@ -134,7 +142,7 @@ def _pictures(title, stack, slug, names):
 
 
 def other_stacks(quick):
-    names = [DEFAULT_METHOD] + [m for m in ("sml", "cnn") if m != DEFAULT_METHOD]
+    names = [DEFAULT_METHOD] + [m for m in ("sml", "cnn") if m != DEFAULT_METHOD] + list(VARIANTS)
     lines = []
     algae = sorted((DATA / "microscopy_algae_brightfield").glob("img_*.png"))
     if algae:
@@ -167,7 +175,7 @@ def fringes(quick):
         row = [f"fringe {fringe}", f"{best:.2f}"]
         for m in _methods():
             q = [(metrics.psnr(sharp, r, 1.0), metrics.ssim(sharp, r, 1.0)) for r, sharp in
-                 ((mf.fuse(st, method=m, device="cpu").image, sharp) for st, sharp in cases)]
+                 ((run(st, m, "nway").image, sharp) for st, sharp in cases)]
             p, s = np.mean(q, axis=0)
             row.append(f"{p:.2f} / {s:.3f}")
         rows.append(row)
