@@ -173,8 +173,9 @@ _PIL_MODES = {
 
 def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | None:
     """The (shape, dtype) of the stack the inputs make, from the file headers alone (a TIFF
-    through the checks of io.read_lazy, which read only its tags, without importing dask; other images through Pillow, which
-    decodes nothing until asked); None when that cannot be told, and io.read_stack then
+    through the checks of io.read_lazy, which read only its tags, without importing dask;
+    other images through Pillow, which decodes nothing until asked); None when that cannot
+    be told, and io.read_stack then
     says what is wrong (tifffile's own log lines about a damaged file are held back here)."""
     import logging
 
@@ -184,14 +185,14 @@ def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | No
         if len(inputs) == 1:
             if not io.is_tiff(inputs[0]):
                 return None
-            lazy = io._tiff_layout(inputs[0])
-            shape, dtype = tuple(lazy.shape), str(lazy.dtype)
+            layout = io._tiff_layout(inputs[0])
+            shape, dtype = tuple(layout.shape), str(layout.dtype)
             return (shape, dtype) if len(shape) in (3, 4) else None
         slices = set()
         for path in inputs:
             if io.is_tiff(path):
-                lazy = io._tiff_layout(path)
-                slices.add((tuple(lazy.shape), str(lazy.dtype)))
+                layout = io._tiff_layout(path)
+                slices.add((tuple(layout.shape), str(layout.dtype)))
                 continue
             from PIL import Image
 

@@ -525,11 +525,8 @@ def read_lazy(path: str | os.PathLike):
     import dask.array as da
 
     path = Path(path)
-    layout = _tiff_layout(path)
-    shape, dtype, page_shape = layout.shape, layout.dtype, layout.page_shape
-    locations, block, stored = layout.locations, layout.block, layout.stored
-    one_page_per_chunk, pages_fit = layout.one_page_per_chunk, layout.pages_fit
-    n_pages = layout.n_pages
+    (shape, dtype, page_shape, locations, block, stored, one_page_per_chunk, pages_fit,
+     n_pages) = _tiff_layout(path)
     if one_page_per_chunk:
         read = dask.delayed(_read_tiff_page)
         tasks = [read(file, offset, page_shape) for file, offset in locations]

@@ -535,11 +535,10 @@ def _upsample(grid: np.ndarray, factor: int, first: tuple[int, int], n_blocks: t
     y0, y1, x0, x1 = box
     r0, r1, fy = _upsample_axis(y0, y1, factor, n_blocks[0], first[0], grid.shape[0])
     c0, c1, fx = _upsample_axis(x0, x1, factor, n_blocks[1], first[1], grid.shape[1])
+    rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]  # (rows of the box, grid)
     if at is None:
-        rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]
         return rows[:, c0] * (1 - fx)[None, :] + rows[:, c1] * fx[None, :]
     ys, xs = at
-    rows = grid[r0] * (1 - fy)[:, None] + grid[r1] * fy[:, None]  # (rows of the box, grid)
     return rows[ys, c0[xs]] * (1 - fx)[xs] + rows[ys, c1[xs]] * fx[xs]
 
 
@@ -644,39 +643,35 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float =
     at = np.nonzero(confidence < 1)
     filled = np.full(at[0].size, np.nan, dtype=np.float32)
 
-    def take(support: np.ndarray, value: np.ndarray) -> None:
-        reach = np.isnan(filled) & (support > 0.02)
-        filled[reach] = value[reach] / support[reach]
+    def take(grids, factor: int, first: tuple[int, int]) -> None:
+        """Fill the points still unfilled that the (support, value) ``grids`` reach."""
+        todo = np.flatnonzero(np.isnan(filled))
+        if todo.size:
+            points = (at[0][todo], at[1][todo])
+            nb = (-(-H // factor), -(-W // factor))
+            support, value = (_upsample(g, factor, first, nb, box, points) for g in grids)
+            reach = support > 0.02
+            filled[todo[reach]] = value[reach] / support[reach]
 
     # the nearest scale, on the window's own block grid (windows start on the grid)
     block = FILL_BLOCKS[0]
     if oy % block or ox % block:
         raise ValueError(f"window at {(oy, ox)} is not on the {block}-pixel grid")
     first = (oy // block, ox // block)
-    nb = (-(-H // block), -(-W // block))
     cy = _block_counts(H, block, first[0], -(-h // block))
     cx = _block_counts(W, block, first[1], -(-w // block))
-    take(*(_upsample(_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block),
-                     block, first, nb, box, at) for a in (c32, c32 * height)))
-    for factor, support, value in maps.grids:
-        todo = np.flatnonzero(np.isnan(filled))
-        if not todo.size:
-            break
-        nb = (-(-H // factor), -(-W // factor))
-        points = (at[0][todo], at[1][todo])
-        sup = np.full(filled.size, 0, np.float32)
-        val = np.zeros(filled.size, np.float32)
-        sup[todo] = _upsample(support, factor, (0, 0), nb, box, points)
-        val[todo] = _upsample(value, factor, (0, 0), nb, box, points)
-        take(sup, val)
+    take([_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block)
+          for a in (c32, c32 * height)], block, first)
+    for factor, *grids in maps.grids:
+        take(grids, factor, (0, 0))
     filled[np.isnan(filled)] = maps.middle
     ks = np.arange(z, dtype=np.float32)[:, None]
     flat = np.exp(-0.5 * ((ks - filled[None]) / spread) ** 2)
     flat /= flat.sum(axis=0, keepdims=True)
-    c = confidence[at][None].astype(weights.dtype)
+    c = confidence[at].astype(weights.dtype)
     out = weights if in_place else weights.copy()
     for k in range(z):  # slice by slice: no (Z, pixels) copies of the weights
-        out[k][at] = (c[0] * weights[k][at] + (1 - c[0]) * flat[k].astype(weights.dtype)
+        out[k][at] = (c * weights[k][at] + (1 - c) * flat[k].astype(weights.dtype)
                       ).astype(weights.dtype)
     return out
 

@@ -533,8 +533,7 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
             train_sampler, MicroscopyPairSampler(micro_pool, rng, min_gap=micro_min_gap,
                                                  equal_fraction=equal_fraction),
             micro_fraction)
-        micro_held = microscopy_heldout_set(seed, heldout_pairs, None if micro_stacks is None
-                                            else max(1, micro_stacks // 4))
+        micro_held = microscopy_heldout_set(seed, heldout_pairs, _heldout_stacks(micro_stacks))
     held = source_images("heldout", seed)
     # held-out pairs as the paper makes them (cascaded sigma-2 blur, no noise), and with
     # the microscopy additions (mild blur, gain/offset, Poisson-Gaussian noise)
@@ -627,10 +626,16 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
     return net, record
 
 
+def _heldout_stacks(micro_stacks: int | None) -> int:
+    """The held-out pool's stacks per kind for ``--micro-stacks`` (a quarter as many; the
+    default pool's when None)."""
+    return MICRO_STACKS["heldout"] if micro_stacks is None else max(1, micro_stacks // 4)
+
+
 def _microscopy_record(acc: dict, micro_fraction: float, micro_stacks, min_gap: float,
                        seed: int, heldout_pairs: int) -> dict:
     n_train = MICRO_STACKS["train"] if micro_stacks is None else micro_stacks
-    n_held = MICRO_STACKS["heldout"] if micro_stacks is None else max(1, micro_stacks // 4)
+    n_held = _heldout_stacks(micro_stacks)
     record = {
         "data": "microscopy", "micro_fraction": micro_fraction,
         "micro_pool": {
