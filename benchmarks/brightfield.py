@@ -63,15 +63,27 @@ def _crop(image, box):
     return image[y0:y1, x0:x1]
 
 
-def blood_smear(quick):
-    root = DATA / "microscopy_wbc_milab"
-    files = sorted(root.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
+#: the miLab blood-smear stack, one JPEG per plane
+SMEAR_DIR = DATA / "microscopy_wbc_milab"
+
+
+def load_blood_smear(quick):
+    """The blood-smear stack (Z, Y, X, 3) in plane order (with ``quick``, a 512 x 512 crop)
+    and the plane where the scanner's focus score, the end of each file name, peaks; (None,
+    None) when the data is absent."""
+    files = sorted(SMEAR_DIR.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
     if not files:
-        return [f"Blood smear: skipped ({root} absent).", ""]
+        return None, None
     stack = np.stack([read_image(f) for f in files])
     if quick:
         stack = stack[:, 300:812, 600:1112]
-    best = int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
+    return stack, int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
+
+
+def blood_smear(quick):
+    stack, best = load_blood_smear(quick)
+    if stack is None:
+        return [f"Blood smear: skipped ({SMEAR_DIR} absent).", ""]
     ref = stack[best]
     g_ref = gradient_energy(ref)
     lines = ["## Blood smear (miLab, 10 planes, 1920 x 1200 RGB)", "",

@@ -36,7 +36,7 @@ from napari_mfif.io import read_image
 from napari_mfif.train import MICRO_KINDS, evaluate_microscopy, microscopy_heldout_set, \
     random_optics
 from _common import DATA, DOCS, gt_stack, machine, run
-from brightfield import _gray, gradient_energy
+from brightfield import SMEAR_DIR, _gray, gradient_energy, load_blood_smear
 from quality import IMG, SYNTH, _colour, table
 
 PAPERS, MICRO = "cnn", "cnn[training=microscopy]"
@@ -224,16 +224,10 @@ SMEAR = CORE + [(PAPERS, "nway-hard"), (MICRO, "nway-hard")]
 
 
 def blood_smear(quick):
-    root = DATA / "microscopy_wbc_milab"
-    files = sorted(root.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
-    if not files:
-        return [f"Blood smear: skipped ({root} absent).", ""], None
-    stack = np.stack([read_image(f) for f in files])
-    boxes = BOXES
-    if quick:
-        stack = stack[:, 300:812, 600:1112]
-        boxes = {"crop": ((0, 300), (0, 300))}
-    best = int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
+    stack, best = load_blood_smear(quick)
+    if stack is None:
+        return [f"Blood smear: skipped ({SMEAR_DIR} absent).", ""], None
+    boxes = {"crop": ((0, 300), (0, 300))} if quick else BOXES
     ref = stack[best]
     g_ref = gradient_energy(ref)
     rows = [[f"plane {k}", f"{metrics.ssim(_gray(ref), _gray(stack[k]), 255):.3f}",

@@ -32,7 +32,7 @@ import numpy as np
 import napari_mfif as mf
 import _openfocus as of
 from _common import DATA, DOCS, PSNR_CAP, gt_stack, machine, psnr_capped, run
-from brightfield import _crop, _gray, gradient_energy
+from brightfield import SMEAR_DIR, _crop, _gray, gradient_energy, load_blood_smear
 from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
@@ -276,16 +276,10 @@ BOXES = {"white cell": ((800, 1100), (600, 900)), "red cells": ((300, 600), (120
 
 
 def blood_smear(cols: Columns, quick):
-    root = DATA / "microscopy_wbc_milab"
-    files = sorted(root.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
-    if not files:
-        return [f"Blood smear: skipped ({root} absent).", ""]
-    stack = np.stack([read_image(f) for f in files])
-    boxes = BOXES
-    if quick:
-        stack = stack[:, 300:812, 600:1112]
-        boxes = {"crop": ((0, 300), (0, 300))}
-    best = int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
+    stack, best = load_blood_smear(quick)
+    if stack is None:
+        return [f"Blood smear: skipped ({SMEAR_DIR} absent).", ""]
+    boxes = {"crop": ((0, 300), (0, 300))} if quick else BOXES
     ref = stack[best]
     g_ref = gradient_energy(ref)
     z, h, w = stack.shape[:3]
