@@ -186,6 +186,67 @@ def test_training_pairs_are_labelled_by_sharpness():
     assert 0.3 < y.mean() < 0.7
 
 
+@pytest.mark.parametrize("pair_noise", ["independent", "shared"])
+def test_pair_noise_shares_one_camera_or_not(pair_noise):
+    """Equally sharp pairs of a flat grey image: each patch is the same grey plus noise, so
+    its standard deviation is its noise level. Shared: both patches of a pair have one level
+    (both noise-free or both noisy, alike within sampling error); independent: often not."""
+    from napari_mfif.train import PairSampler
+
+    flat = [("flat", np.full((96, 96), 0.5, np.float32))]
+    sampler = PairSampler(flat, np.random.default_rng(1), equal_fraction=1.0,
+                          pair_noise=pair_noise)
+    a, b, y = sampler.sample(400)
+    assert np.all(y == 0.5)
+    sa, sb = a.std(axis=(1, 2)), b.std(axis=(1, 2))
+    clean_a, clean_b = sa == 0, sb == 0
+    assert 0.1 < clean_a.mean() < 0.4  # a quarter of the cameras are noise-free
+    ratio = np.log(sa[~clean_a & ~clean_b] / sb[~clean_a & ~clean_b])
+    if pair_noise == "shared":
+        assert np.array_equal(clean_a, clean_b)
+        assert np.abs(ratio).max() < np.log(1.3)
+    else:
+        assert (clean_a != clean_b).mean() > 0.2
+        assert (np.abs(ratio) > np.log(2)).mean() > 0.3
+
+
+def test_boundary_pairs_are_labelled_by_the_centre():
+    """With a focus boundary through every pair, the label follows the side the patch centre
+    is on: the sharper of the two central 6 x 6 regions, not the sharper whole patch."""
+    from napari_mfif.train import CTX, PairSampler, source_images
+
+    sampler = PairSampler(source_images("heldout", 0)[:2], np.random.default_rng(4),
+                          mild_fraction=0.0, noise=False, boundary_fraction=1.0)
+    a, b, y = sampler.sample(400)
+    c = CTX // 2
+
+    def energy(p, core):
+        g = ndi.sobel(p, 0) ** 2 + ndi.sobel(p, 1) ** 2
+        return g[c - core:c + core, c - core:c + core].sum()
+
+    whole = np.array([energy(pa, 8) > energy(pb, 8) for pa, pb in zip(a, b)])
+    centre = np.array([energy(pa, 3) > energy(pb, 3) for pa, pb in zip(a, b)])
+    sure = (y == 0) | (y == 1)
+    assert 0.6 < sure.mean() < 1 and 0.3 < y.mean() < 0.7
+    assert (centre[sure] == (y[sure] == 1)).mean() > 0.9
+    # the whole patch often says otherwise: the label is not the whole patch's
+    assert (whole[sure] != (y[sure] == 1)).mean() > 0.1
+    # and the default sampler makes no boundary pairs: whole-patch labels, all 0 or 1
+    plain = PairSampler(source_images("heldout", 0)[:2], np.random.default_rng(4),
+                        mild_fraction=0.0, noise=False)
+    pa, pb, py = plain.sample(200)
+    assert set(np.unique(py)) == {0.0, 1.0}
+    sharper = np.array([energy(u, 8) > energy(v, 8) for u, v in zip(pa, pb)])
+    assert (sharper == (py == 1)).mean() > 0.98
+
+
+def test_pair_noise_is_checked():
+    from napari_mfif.train import PairSampler
+
+    with pytest.raises(ValueError, match="pair_noise must be one of"):
+        PairSampler([], np.random.default_rng(0), pair_noise="same")
+
+
 def test_nway_rule_is_checked(synth):
     with pytest.raises(MfifError, match="nway_rule.* must be one of: soft, hard"):
         mf.fuse(synth.stack, method="cnn", nway_rule="maybe")

@@ -25,6 +25,19 @@ validation loss)::
     python -m napari_mfif.train --arch dual --loss bce --early-stop 4 --steps 2500 \
         -o src/napari_mfif/focus/weights/dual.pt
 
+Two options change the papers' pairs (both off for the shipped weights; docs/cnn.md measures
+them): ``--pair-noise shared`` gives both patches of a pair one camera's noise level (each
+still its own noise), as two slices of one stack have; ``--boundary-fraction F`` puts a focus
+boundary through a share F of the pairs (a random, slightly curved edge within 6 px of the
+centre; one patch sharp on one side, the other on the other side) and labels them by the side
+of the patch centre, for networks whose scores are placed at the patch centres
+(``cnn`` parameter ``spread="centre"``) rather than spread over their patches. The shipped
+``compact_boundary.pt`` (``training="boundary"``)::
+
+    python -m napari_mfif.train --arch compact --steps 8000 --threads 2 \
+        --boundary-fraction 0.5 --pair-noise shared \
+        -o src/napari_mfif/focus/weights/compact_boundary.pt
+
 Early stopping (``--early-stop PATIENCE``) evaluates the loss on validation pairs drawn from
 the *training* images with their own seed (the held-out images stay untouched) every
 ``--val-every`` steps, stops after PATIENCE evaluations without improvement and keeps the
@@ -118,13 +131,22 @@ def cascade(image: np.ndarray, levels: int = 5, sigma: float = 2.0) -> list[np.n
     return out
 
 
+#: how the two patches of a papers' pair get their noise (``--pair-noise``): each its own
+#: random camera, or one camera for both (slices of one stack share their camera)
+PAIR_NOISE = ("independent", "shared")
+
+
 class PairSampler:
     """Draws (A, B, label) patch pairs with context; label 1 when A is the sharp one."""
 
     def __init__(self, images, rng: np.random.Generator, mild_fraction: float = 0.3,
-                 noise: bool = True, min_std: float = 0.02, equal_fraction: float = 0.0):
+                 noise: bool = True, min_std: float = 0.02, equal_fraction: float = 0.0,
+                 pair_noise: str = "independent", boundary_fraction: float = 0.0):
+        if pair_noise not in PAIR_NOISE:
+            raise ValueError(f"pair_noise must be one of {PAIR_NOISE}, got {pair_noise!r}")
         self.rng, self.mild_fraction, self.noise, self.min_std = rng, mild_fraction, noise, min_std
-        self.equal_fraction = equal_fraction
+        self.equal_fraction, self.pair_noise = equal_fraction, pair_noise
+        self.boundary_fraction = boundary_fraction
         self.images = [img for _, img in images if min(img.shape) > CTX]
         self.ladders = [cascade(img) for img in self.images]
         self.mild = [0.6, 0.9, 1.2, 1.5]
@@ -158,33 +180,71 @@ class PairSampler:
                 blurred = self.ladders[k][rng.integers(5)]
             if not equal:
                 blurred = blurred[r0:r0 + CTX, c0:c0 + CTX]
+            label = 1.0
+            if not equal and self.boundary_fraction and rng.random() < self.boundary_fraction:
+                if sharp[8:-8, 8:-8].std() < self.min_std:
+                    continue
+                sharp, blurred, label = self._boundary_pair(sharp, blurred)
             # one intensity scale for the pair (slices of one stack share it)
             gain, offset = rng.uniform(0.25, 1.0), rng.uniform(0.0, 0.3)
             pa, pb = sharp * gain + offset, blurred * gain + offset
-            if self.noise:
+            if self.noise and self.pair_noise == "shared":
+                level = self._noise_level()
+                pa, pb = self._noisy(pa, level), self._noisy(pb, level)
+            elif self.noise:
                 pa, pb = self._noisy(pa), self._noisy(pb)
             t = rng.integers(8)  # one of the 8 flips / rotations, the same for both
             pa, pb = _dihedral(pa, t), _dihedral(pb, t)
             if equal:
                 a[i], b[i], y[i] = pa, pb, 0.5
             elif rng.random() < 0.5:
-                a[i], b[i], y[i] = pa, pb, 1.0
+                a[i], b[i], y[i] = pa, pb, label
             else:
-                a[i], b[i], y[i] = pb, pa, 0.0
+                a[i], b[i], y[i] = pb, pa, 1.0 - label
             i += 1
         return a, b, y
 
-    def _noisy(self, patch: np.ndarray) -> np.ndarray:
-        """Poisson-Gaussian noise with a random photon budget and read noise."""
+    def _boundary_pair(self, sharp: np.ndarray, blurred: np.ndarray):
+        """Two patches with a focus boundary through them (as a slice pair has at the edge of
+        an object): a random, slightly curved edge passes within 6 px of the centre; the
+        first patch is sharp on one side and blurred on the other, the second the reverse.
+        The label is the share of the central 2 x 2 pixels (the cell that one score of the
+        dense map stands for) on the first patch's sharp side."""
+        rng = self.rng
+        yy, xx = np.mgrid[0:CTX, 0:CTX] - (CTX - 1) / 2
+        theta = rng.uniform(0, 2 * np.pi)
+        across = xx * np.cos(theta) + yy * np.sin(theta)
+        along = -xx * np.sin(theta) + yy * np.cos(theta)
+        mask = across - rng.uniform(-6, 6) + rng.uniform(-0.05, 0.05) * along ** 2 > 0
+        c = CTX // 2
+        label = float(mask[c - 1:c + 1, c - 1:c + 1].mean())
+        return np.where(mask, sharp, blurred), np.where(mask, blurred, sharp), label
+
+    def _noise_level(self) -> tuple[float, float] | None:
+        """A random camera: (photons at intensity 1, read noise), or None (noise-free, a
+        quarter of the draws). Noise from about 2 % to 18 % of full scale. Milder noise
+        (1e2..1e4 photons, 40 % noise-free) scored better on clean patch pairs but worse on
+        noisy stacks (docs/cnn.md), so the shipped weights keep this range."""
         rng = self.rng
         if rng.random() < 0.25:
+            return None
+        return 10 ** rng.uniform(1.5, 3.5), rng.uniform(0, 0.02)
+
+    def _noisy(self, patch: np.ndarray, level=False) -> np.ndarray:
+        """Poisson-Gaussian noise of ``level`` (:meth:`_noise_level`; drawn here when not
+        given)."""
+        rng = self.rng
+        if level is False:
+            if rng.random() < 0.25:
+                return patch
+            photons = 10 ** rng.uniform(1.5, 3.5)
+            shot = rng.poisson(np.clip(patch, 0, None) * photons) / photons
+            return (shot + rng.normal(0, rng.uniform(0, 0.02), patch.shape)).astype(np.float32)
+        if level is None:
             return patch
-        # photons at intensity 1: noise from about 2 % to 18 % of full scale. Milder noise
-        # (1e2..1e4 photons, 40 % noise-free) scored better on clean patch pairs but worse on
-        # noisy stacks (docs/cnn.md), so the shipped weights keep this range.
-        photons = 10 ** rng.uniform(1.5, 3.5)
+        photons, read = level
         shot = rng.poisson(np.clip(patch, 0, None) * photons) / photons
-        return (shot + rng.normal(0, rng.uniform(0, 0.02), patch.shape)).astype(np.float32)
+        return (shot + rng.normal(0, read, patch.shape)).astype(np.float32)
 
 
 def _dihedral(p: np.ndarray, t: int) -> np.ndarray:
@@ -502,7 +562,8 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
           heldout_pairs: int = 20000, equal_fraction: float = 0.15,
           loss: str = "ce", early_stop: int = 0, val_every: int = 0, val_pairs: int = 4000,
           data: str = "papers", micro_fraction: float = 0.5, micro_stacks: int | None = None,
-          micro_min_gap: float = 0.25, log=print) -> tuple[object, dict]:
+          micro_min_gap: float = 0.25, pair_noise: str = "independent",
+          boundary_fraction: float = 0.0, log=print) -> tuple[object, dict]:
     """Train a FocusNet; returns the net and a record of the run (accuracy, time, args).
 
     ``data="papers"``: the papers' Gaussian-blur pairs (with the microscopy additions of the
@@ -525,7 +586,8 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
     spec = ARCHS[arch]
     net = FocusNet(spec.channels, spec.fc, streams=spec.streams, pool=spec.pool, input=spec.input)
     t0 = time.perf_counter()
-    train_sampler = PairSampler(source_images("train", seed), rng, equal_fraction=equal_fraction)
+    train_sampler = PairSampler(source_images("train", seed), rng, equal_fraction=equal_fraction,
+                                pair_noise=pair_noise, boundary_fraction=boundary_fraction)
     micro_pool = micro_held = None
     if data == "microscopy":
         micro_pool = microscopy_pool("train", seed, micro_stacks, log)
@@ -545,7 +607,8 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
         # validation pairs from the training images with their own generator
         val_rng = np.random.default_rng(seed + 97)
         val_sampler = PairSampler(source_images("train", seed), val_rng,
-                                  equal_fraction=equal_fraction)
+                                  equal_fraction=equal_fraction, pair_noise=pair_noise,
+                                  boundary_fraction=boundary_fraction)
         if micro_pool is not None:
             val_sampler = MixedSampler(val_sampler, MicroscopyPairSampler(
                 micro_pool, val_rng, min_gap=micro_min_gap, equal_fraction=equal_fraction),
@@ -597,6 +660,8 @@ def train(arch: str = "compact", steps: int = 3000, batch: int = 128, lr: float 
         "arch": arch, "steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer,
         "seed": seed, "pairs_seen": (stopped_at or steps) * batch,
         "equal_fraction": equal_fraction,
+        **({"pair_noise": pair_noise} if pair_noise != "independent" else {}),
+        **({"boundary_fraction": boundary_fraction} if boundary_fraction else {}),
         "scales": list(SCALES),
         "heldout_pairs": heldout_pairs,
         "heldout_accuracy_pair_head": round(acc_pair, 5),
@@ -749,6 +814,13 @@ def main(argv=None) -> int:
                    help="with --data microscopy: least difference in defocus, in depths of "
                         "field, between the two slices of a training pair (held-out pairs: "
                         "always 0.5)")
+    p.add_argument("--pair-noise", choices=PAIR_NOISE, default="independent",
+                   help="papers' pairs: each patch with its own random camera noise "
+                        "(independent, as the shipped compact.pt) or both patches with one "
+                        "camera's noise, as two slices of one stack (shared)")
+    p.add_argument("--boundary-fraction", type=float, default=0.0,
+                   help="papers' pairs: share with a focus boundary through the patch, "
+                        "labelled by the side its centre is on (0, as the shipped compact.pt)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.output)
@@ -761,7 +833,8 @@ def main(argv=None) -> int:
                         early_stop=args.early_stop, val_every=args.val_every,
                         val_pairs=args.val_pairs, data=args.data,
                         micro_fraction=args.micro_fraction, micro_stacks=args.micro_stacks,
-                        micro_min_gap=args.micro_min_gap)
+                        micro_min_gap=args.micro_min_gap, pair_noise=args.pair_noise,
+                        boundary_fraction=args.boundary_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".part")
     save_weights(net, tmp, args.arch, record)
