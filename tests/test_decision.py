@@ -9,6 +9,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy import ndimage as ndi
 
 from napari_mfif.fusion.decision import (
+    centre_focus_map,
     min_region_area,
     patch_focus_map,
     remove_small_regions,
@@ -267,6 +268,43 @@ def test_patch_focus_map_fills_uncovered_pixels_with_nearest():
     assert (count[:8, :8] > 0).all() and (count[8:] == 0).all()
     assert_allclose(got[:8], total[:8] / count[:8], rtol=1e-12)
     assert_allclose(got[8:], np.broadcast_to(got[7], (4, 8)), rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(17, 20), (40, 33)])
+def test_centre_focus_map_interpolates_between_patch_centres(shape):
+    """Each score sits at its patch centre (stride*i + 7.5); pixels in between are bilinear,
+    pixels beyond the outer centres take the nearest centre's value (scipy's
+    map_coordinates, order 1, on the clamped centre coordinates)."""
+    scores = np.random.default_rng(3).random((2, 4, 6))
+    got = centre_focus_map(torch.from_numpy(scores), shape).numpy()
+    assert got.shape == (2, *shape) and got.dtype == np.float64
+    u = np.clip((np.arange(shape[0]) - 7.5) / 2, 0, 3)
+    v = np.clip((np.arange(shape[1]) - 7.5) / 2, 0, 5)
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    for k in range(2):
+        want = ndi.map_coordinates(scores[k], [uu, vv], order=1, mode="nearest")
+        assert_allclose(got[k], want, rtol=1e-12, atol=1e-12)
+
+
+def test_centre_focus_map_keeps_a_boundary_where_the_scores_put_it():
+    """Scores 1 for the patches centred at columns up to 19.5, 0 from 21.5 on: the centre map
+    ramps between those two centres only (0.75 at column 20, 0.25 at 21), where the patch map
+    spreads the step over 16 px."""
+    w = 30
+    centres = 2 * np.arange(w) + 7.5
+    scores = np.broadcast_to((centres < 20).astype(float), (6, w)).copy()
+    row_c = centre_focus_map(torch.from_numpy(scores), (24, 70)).numpy()[10]
+    row_p = patch_focus_map(torch.from_numpy(scores), (24, 70)).numpy()[10]
+    assert_allclose(row_c[18:23], [1, 1, 0.75, 0.25, 0])
+    assert ((row_c > 0) & (row_c < 1)).sum() == 2
+    assert ((row_p > 0.01) & (row_p < 0.99)).sum() >= 12
+
+
+def test_centre_focus_map_rejects_bad_input():
+    with pytest.raises(ValueError, match="image_shape"):
+        centre_focus_map(torch.zeros(3, 3), (0, 5))
+    with pytest.raises(ValueError, match="scores must have shape"):
+        centre_focus_map(torch.zeros(3), (5, 5))
 
 
 # --------------------------------------------------------------------------- small regions

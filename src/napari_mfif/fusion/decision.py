@@ -5,7 +5,8 @@ The pipeline of Liu et al. [1]_ for two source images A and B:
 1. a CNN scores every 16 x 16 patch pair (stride 2) with the probability that the patch
    of A is the sharper one: the *score map*;
 2. each score is spread over the pixels of its patch and overlapping patches are
-   averaged: the *focus map* (:func:`patch_focus_map`);
+   averaged: the *focus map* (:func:`patch_focus_map`); networks trained to judge the
+   patch centre place each score there instead (:func:`centre_focus_map`);
 3. the focus map is thresholded at 0.5: the *binary map*;
 4. regions smaller than ``0.01 * H * W`` pixels are flipped (:func:`remove_small_regions`,
    :func:`min_region_area`); :func:`remove_small_regions_labels` is the N-way
@@ -31,6 +32,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "patch_focus_map",
+    "centre_focus_map",
     "remove_small_regions",
     "remove_small_regions_labels",
     "min_region_area",
@@ -148,6 +150,48 @@ def patch_focus_map(
         focus = focus.index_select(-2, rows).index_select(-1, cols)
 
     return focus.reshape(*lead, H, W).to(out_dtype)
+
+
+def _centre_axis(x: torch.Tensor, n: int, patch: int, stride: int, dim: int) -> torch.Tensor:
+    """Linear interpolation of ``x`` along ``dim`` from the patch centres to pixels 0..n-1."""
+    m = x.shape[dim]
+    u = ((torch.arange(n, dtype=torch.float64, device=x.device) - (patch - 1) / 2) / stride)
+    u = u.clamp_(0, m - 1)
+    i0 = u.floor().long()
+    i1 = (i0 + 1).clamp_(max=m - 1)
+    w = (u - i0).to(x.dtype)
+    shape = [1] * x.ndim
+    shape[dim] = n
+    w = w.reshape(shape)
+    return x.index_select(dim, i0) * (1 - w) + x.index_select(dim, i1) * w
+
+
+def centre_focus_map(
+    scores: torch.Tensor,
+    image_shape: tuple[int, int],
+    patch: int = 16,
+    stride: int = 2,
+) -> torch.Tensor:
+    """Place each patch score at its patch's centre and interpolate linearly between centres.
+
+    The alternative to :func:`patch_focus_map` for networks trained to judge the centre of a
+    patch (``python -m napari_mfif.train --boundary-fraction``): score ``(i, j)`` stands for
+    the pixel ``(stride*i + (patch-1)/2, stride*j + (patch-1)/2)``; pixels between centres are
+    interpolated bilinearly, pixels beyond the outermost centres take the nearest one's value.
+    A focus boundary then stays where the network puts it instead of being spread over a
+    patch.
+
+    Parameters and result as for :func:`patch_focus_map` (scores ``(..., h, w)``, result
+    ``(..., H, W)``, same device and floating dtype).
+    """
+    H, W = (int(n) for n in image_shape)
+    if H < 1 or W < 1:
+        raise ValueError(f"image_shape must be positive, got {tuple(image_shape)}")
+    if scores.ndim < 2 or min(scores.shape[-2:]) < 1:
+        raise ValueError(f"scores must have shape (..., h, w), got {tuple(scores.shape)}")
+    x = scores if scores.is_floating_point() else scores.to(torch.get_default_dtype())
+    x = _centre_axis(x, H, int(patch), int(stride), x.ndim - 2)
+    return _centre_axis(x, W, int(patch), int(stride), x.ndim - 1)
 
 
 def _dilate8(mask: np.ndarray) -> np.ndarray:
