@@ -153,7 +153,7 @@ def test_microscopy_weights_score_focus_above_fringes(fringes):
 def test_cnn_method_selects_the_microscopy_weights(fringes):
     spec = mf.get_method("cnn")
     assert spec.params["training"] == "papers"
-    assert spec.param_choices["training"] == ("papers", "microscopy")
+    assert spec.param_choices["training"] == ("papers", "microscopy", "boundary")
     assert mf.get_method("cnn_wavelet").params["training"] == "papers"
     stack = fringes.stack
     papers = mf.fuse(stack, method="cnn", device="cpu")

@@ -58,10 +58,14 @@ STRIDE = 2
 MARGIN = 4  # receptive-field margin around a patch (pixels), see the module docstring
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-#: the training data of shipped weights (``python -m napari_mfif.train --data``): the papers'
-#: Gaussian-blur pairs (``<arch>.pt``) or those mixed with pairs from physically simulated
-#: microscope stacks (``<arch>_microscopy.pt``)
-TRAININGS = ("papers", "microscopy")
+#: the training data of shipped weights: the papers' Gaussian-blur pairs (``<arch>.pt``),
+#: those mixed with pairs from physically simulated microscope stacks
+#: (``<arch>_microscopy.pt``), or the papers' pairs with focus boundaries through half of them
+#: and one camera's noise per pair (``<arch>_boundary.pt``, scores placed at patch centres)
+TRAININGS = ("papers", "microscopy", "boundary")
+#: the options of ``python -m napari_mfif.train`` that make each training's weights
+TRAINING_OPTIONS = {"papers": "", "microscopy": "--data microscopy",
+                    "boundary": "--boundary-fraction 0.5 --pair-noise shared"}
 
 
 @dataclass(frozen=True)
@@ -212,11 +216,13 @@ def score_map_shape(h: int, w: int) -> tuple[int, int]:
 
 
 class DenseScorer:
-    """Runs a FocusNet over whole images on one device, without gradients."""
+    """Runs a FocusNet over whole images on one device, without gradients; ``meta`` is its
+    weights' training record."""
 
-    def __init__(self, net: FocusNet, device: str = "cpu"):
+    def __init__(self, net: FocusNet, device: str = "cpu", meta: dict | None = None):
         self.net = net.to(device).eval()
         self.device = torch.device(device)
+        self.meta = dict(meta or {})
 
     @torch.inference_mode()
     def features(self, gray: np.ndarray | torch.Tensor, stream: int = 0) -> torch.Tensor:
@@ -322,8 +328,8 @@ def load_net(weights: str | Path | None, arch: str, device: str,
             have = [a for a in ARCHS if builtin_weights(a, training).is_file()]
             raise MfifError(f"no weights trained on {training} data ship for architecture "
                             f"{arch!r} (they ship for: {', '.join(have) or 'none'}); train them "
-                            f"with 'python -m napari_mfif.train --arch {arch} --data {training}' "
-                            f"and pass weights=FILE")
+                            f"with 'python -m napari_mfif.train --arch {arch} "
+                            f"{TRAINING_OPTIONS[training]}' and pass weights=FILE")
     else:
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -29,10 +29,19 @@ slice-score head), ``wavelet`` (Haar sub-bands as input, paper 002) and ``compac
 (mixed max/average pooling, paper 001).
 
 ``training`` picks what the shipped weights were trained on: ``papers`` (default, the papers'
-Gaussian-blur pairs, ``<arch>.pt``) or ``microscopy`` (those mixed with pairs from physically
+Gaussian-blur pairs, ``<arch>.pt``), ``microscopy`` (those mixed with pairs from physically
 simulated brightfield and fluorescence stacks, ``napari_mfif.optics``, so that phase fringes
-and out-of-focus haze count as defocus; ``<arch>_microscopy.pt``, shipped for ``compact``). A
-``weights`` file overrides both ``arch`` and ``training``.
+and out-of-focus haze count as defocus; ``<arch>_microscopy.pt``) or ``boundary`` (the papers'
+pairs, half of them with a focus boundary through the patch and labelled by the side of the
+patch centre, both patches of a pair with one camera's noise level; ``<arch>_boundary.pt``).
+The last two ship for ``compact``. A ``weights`` file overrides both ``arch`` and ``training``.
+
+``spread`` turns the dense scores into a full-size map: ``patch`` (the papers': each score over
+its 16 x 16 patch, overlaps averaged) or ``centre`` (each score at its patch centre,
+interpolated bilinearly: a focus boundary stays where the network puts it). ``auto`` (default)
+is ``centre`` for weights trained with boundary pairs (their record has ``boundary_fraction``),
+else ``patch``. With boundary-trained weights a narrower guided filter than the paper's keeps
+the boundary sharp: ``gf_radius=2, gf_eps=0.01`` measured best (docs/cnn.md).
 
 ``pyramid_levels`` > 1 (paper 001's Gaussian pyramid) scores the inputs at 1/2, 1/4, ... of
 their size too (5-tap binomial Gaussian, then every second pixel), spreads each level's scores
@@ -67,13 +76,15 @@ DEFAULTS = {
     "gf_eps": 0.1,
     "nway_rule": "soft",
     "pyramid_levels": 1,
+    "spread": "auto",
 }
 HELP = {
     "arch": "network whose shipped weights are used: compact, liu2017, dual (two-stream), "
             "wavelet (Haar sub-band input) or compact_mixed (mixed pooling)",
     "training": "training data of the shipped weights: papers (the papers' Gaussian-blur "
-                "pairs) or microscopy (also pairs from simulated brightfield and fluorescence "
-                "stacks; shipped for compact)",
+                "pairs), microscopy (also pairs from simulated brightfield and fluorescence "
+                "stacks) or boundary (also pairs with a focus boundary through the patch; "
+                "best with gf_radius 2, gf_eps 0.01); the last two ship for compact",
     "weights": "path of a weights file from 'python -m napari_mfif.train' (overrides arch "
                "and training)",
     "threshold": "focus-map threshold of the binary decision (paper: 0.5)",
@@ -83,10 +94,14 @@ HELP = {
     "nway_rule": "nway weights: soft (probability of being the sharpest) or hard (argmax)",
     "pyramid_levels": "Gaussian-pyramid levels scored and combined (1 = full size only; "
                       "at most 4)",
+    "spread": "how patch scores become a focus map: patch (paper: each score over its 16x16 "
+              "patch, overlaps averaged), centre (at the patch centre, interpolated) or auto "
+              "(centre for weights trained with --boundary-fraction, else patch)",
 }
+SPREADS = ("auto", "patch", "centre")
 ARCH_NAMES = ("compact", "liu2017", "dual", "wavelet", "compact_mixed")
 #: focus.cnn.TRAININGS (not imported: that imports torch)
-TRAINING_NAMES = ("papers", "microscopy")
+TRAINING_NAMES = ("papers", "microscopy", "boundary")
 
 
 #: the network judges 16 x 16 patches (focus.cnn.PATCH; not imported: that imports torch)
@@ -210,14 +225,20 @@ def _upsample(m, level: int, shape):
     return up[:, 0, :shape[0], :shape[1]]
 
 
-def _focus_map(scorer, a, b, levels: int):
+def _spreader(spread: str):
+    """The function that turns a score map into a full-size map (``spread``)."""
+    from .decision import centre_focus_map, patch_focus_map
+
+    return centre_focus_map if spread == "centre" else patch_focus_map
+
+
+def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
     """The focus map of a pair: P(a in focus) per patch spread over the patches, at full size
     only (levels 1, the papers') or combined over a Gaussian pyramid (mean of the levels'
     logits)."""
     import torch
 
-    from .decision import patch_focus_map
-
+    patch_focus_map = _spreader(spread)
     h, w = a.shape
     if levels == 1:
         prob = scorer.pair_probability(scorer.features(a), scorer.features(b, 1))[0]
@@ -235,13 +256,12 @@ def _focus_map(scorer, a, b, levels: int):
     return torch.sigmoid(total / len(pa))
 
 
-def _slice_scores(scorer, x, levels: int):
+def _slice_scores(scorer, x, levels: int, spread: str = "patch"):
     """Slice scores of one [0, 1] gray slice spread over the patches, at full size or
     averaged over a Gaussian pyramid."""
     import torch
 
-    from .decision import patch_focus_map
-
+    patch_focus_map = _spreader(spread)
     h, w = x.shape
     if levels == 1:
         return patch_focus_map(scorer.slice_scores(scorer.features(x)), (h, w))[0]
@@ -255,7 +275,7 @@ def _slice_scores(scorer, x, levels: int):
     return total / len(pyr)
 
 
-def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1):
+def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1, spread="patch"):
     """The papers' steps for one pair of [0, 1] gray images: the focus map (each patch's
     P(a in focus) spread over its patch) and the final decision D (1 where a is in focus)
     after thresholding, small-region removal and the guided filter."""
@@ -264,7 +284,7 @@ def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1):
     from .decision import remove_small_regions
     from .guided_filter import guided_filter
 
-    focus = _focus_map(scorer, a, b, levels).cpu().numpy()
+    focus = _focus_map(scorer, a, b, levels, spread).cpu().numpy()
     binary = remove_small_regions(focus > threshold, area)
     initial = np.where(binary, a, b)  # the initial fused image is the guide
 
@@ -278,8 +298,16 @@ def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1):
 def _scorer(arch, weights, device, training="papers"):
     from ..focus.cnn import DenseScorer, load_net
 
-    net, _ = load_net(weights or None, arch, device, training)
-    return DenseScorer(net, device)
+    net, meta = load_net(weights or None, arch, device, training)
+    return DenseScorer(net, device, meta)
+
+
+def resolve_spread(spread: str, meta: dict) -> str:
+    """``spread`` itself, or for ``auto`` what the weights were trained for: ``centre`` when
+    their training record has boundary pairs (``boundary_fraction`` > 0), else ``patch``."""
+    if spread != "auto":
+        return spread
+    return "centre" if float(meta.get("boundary_fraction", 0) or 0) > 0 else "patch"
 
 
 def prepared(gray, min_region, context=None):
@@ -296,7 +324,7 @@ def prepared(gray, min_region, context=None):
 
 def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, threshold,
         min_region, gf_radius, gf_eps, nway_rule, pyramid_levels=1, training="papers",
-        context=None):
+        spread="auto", context=None):
     import torch
 
     from .decision import remove_small_regions_labels
@@ -305,6 +333,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
     check_size(*gray.shape[1:])
     levels = _levels({"pyramid_levels": pyramid_levels})
     scorer = _scorer(arch, weights, device, training)
+    spread = resolve_spread(spread, scorer.meta)
     dev = scorer.device
     z, h, w = gray.shape
     g, area = prepared(gray, min_region, context)
@@ -317,14 +346,15 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
         if mode == "series":
             def pair_decision(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 return _pair_steps(scorer, a, b, threshold=threshold, area=area,
-                                   radius=radius, gf_eps=gf_eps, levels=levels)[1]
+                                   radius=radius, gf_eps=gf_eps, levels=levels,
+                                   spread=spread)[1]
 
             return fuse_series(stack, g, pair_decision, progress, keep_weights)
 
         # N-way: one pass per slice with the slice-score head
         scores = np.empty((z, h, w), np.float32)
         for k in range(z):
-            scores[k] = _slice_scores(scorer, g[k], levels).cpu().numpy()
+            scores[k] = _slice_scores(scorer, g[k], levels, spread).cpu().numpy()
             if progress is not None:
                 progress(k + 1, z + 1)
         if nway_rule == "soft":
@@ -343,7 +373,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, arch, weights, thr
 
 
 def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, gf_eps,
-              nway_rule, pyramid_levels=1, training="papers"):
+              nway_rule, pyramid_levels=1, training="papers", spread="auto"):
     """Focus map and decision of the papers' pipeline for two gray slices."""
     import torch
 
@@ -353,7 +383,8 @@ def pair_maps(a, b, *, device, arch, weights, threshold, min_region, gf_radius, 
     with torch.inference_mode():
         return _pair_steps(scorer, g[0], g[1], threshold=threshold, area=area,
                            radius=int(round(gf_radius)), gf_eps=gf_eps,
-                           levels=_levels({"pyramid_levels": pyramid_levels}))
+                           levels=_levels({"pyramid_levels": pyramid_levels}),
+                           spread=resolve_spread(spread, scorer.meta))
 
 
 register_method(Method(
@@ -363,7 +394,8 @@ register_method(Method(
     run=run,
     pair_maps=pair_maps,
     params=dict(DEFAULTS),
-    param_choices={"arch": ARCH_NAMES, "training": TRAINING_NAMES, "nway_rule": ("soft", "hard")},
+    param_choices={"arch": ARCH_NAMES, "training": TRAINING_NAMES, "nway_rule": ("soft", "hard"),
+                   "spread": SPREADS},
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
     torch_cpu=True,
