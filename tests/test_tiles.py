@@ -87,11 +87,15 @@ def test_focus_channel_and_channel_axis_go_through_tiles():
     _same(whole, tiled)
 
 
-@pytest.mark.parametrize("mode,rule", [("nway", "soft"), ("nway", "hard"), ("series", "soft")])
-def test_cnn_tiles_match_whole_image_within_float_tolerance(mode, rule):
+@pytest.mark.parametrize("mode,rule,training", [
+    ("nway", "soft", "papers"), ("nway", "hard", "papers"), ("series", "soft", "papers"),
+    ("nway", "soft", "boundary"), ("series", "soft", "boundary")])
+def test_cnn_tiles_match_whole_image_within_float_tolerance(mode, rule, training):
+    """Also with the boundary weights, whose scores are placed at the patch centres."""
     s = _fluorescence(n_slices=4, shape=(211, 333))
-    whole = mf.fuse(s.stack, "cnn", mode, min_region=0, nway_rule=rule)
-    tiled = mf.fuse(s.stack, "cnn", mode, min_region=0, nway_rule=rule, tile_size=128)
+    kw = dict(min_region=0, nway_rule=rule, training=training)
+    whole = mf.fuse(s.stack, "cnn", mode, **kw)
+    tiled = mf.fuse(s.stack, "cnn", mode, tile_size=128, **kw)
     diff = np.abs(whole.image.astype(np.int64) - tiled.image)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # rounding of equal floats
     assert np.abs(whole.index_map - tiled.index_map).max() < 1e-4
