@@ -190,7 +190,7 @@ class PairSampler:
             pa, pb = sharp * gain + offset, blurred * gain + offset
             if self.noise and self.pair_noise == "shared":
                 level = self._noise_level()
-                pa, pb = self._noisy(pa, level), self._noisy(pb, level)
+                pa, pb = self._noisy_at(pa, level), self._noisy_at(pb, level)
             elif self.noise:
                 pa, pb = self._noisy(pa), self._noisy(pb)
             t = rng.integers(8)  # one of the 8 flips / rotations, the same for both
@@ -230,21 +230,23 @@ class PairSampler:
             return None
         return 10 ** rng.uniform(1.5, 3.5), rng.uniform(0, 0.02)
 
-    def _noisy(self, patch: np.ndarray, level=False) -> np.ndarray:
-        """Poisson-Gaussian noise of ``level`` (:meth:`_noise_level`; drawn here when not
-        given)."""
+    def _noisy(self, patch: np.ndarray) -> np.ndarray:
+        """Poisson-Gaussian noise with the patch's own random camera (the ranges of
+        :meth:`_noise_level`, drawn in the order that made the shipped weights)."""
         rng = self.rng
-        if level is False:
-            if rng.random() < 0.25:
-                return patch
-            photons = 10 ** rng.uniform(1.5, 3.5)
-            shot = rng.poisson(np.clip(patch, 0, None) * photons) / photons
-            return (shot + rng.normal(0, rng.uniform(0, 0.02), patch.shape)).astype(np.float32)
+        if rng.random() < 0.25:
+            return patch
+        photons = 10 ** rng.uniform(1.5, 3.5)
+        shot = rng.poisson(np.clip(patch, 0, None) * photons) / photons
+        return (shot + rng.normal(0, rng.uniform(0, 0.02), patch.shape)).astype(np.float32)
+
+    def _noisy_at(self, patch: np.ndarray, level: tuple[float, float] | None) -> np.ndarray:
+        """Poisson-Gaussian noise of one camera ``level`` (:meth:`_noise_level`; None: none)."""
         if level is None:
             return patch
         photons, read = level
-        shot = rng.poisson(np.clip(patch, 0, None) * photons) / photons
-        return (shot + rng.normal(0, read, patch.shape)).astype(np.float32)
+        shot = self.rng.poisson(np.clip(patch, 0, None) * photons) / photons
+        return (shot + self.rng.normal(0, read, patch.shape)).astype(np.float32)
 
 
 def _dihedral(p: np.ndarray, t: int) -> np.ndarray:
