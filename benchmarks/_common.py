@@ -14,6 +14,18 @@ DATA = ROOT.parent / "shared" / "data"
 DOCS = ROOT / "docs" / "benchmarks"
 
 
+def write_page(stem: str, lines: list[str], started: float, quick: bool = False) -> Path:
+    """Close a benchmark page with its total run time (since ``started``, a
+    ``time.perf_counter()``) after a blank line, and write it to ``docs/benchmarks/<stem>.md``
+    (``<stem>_quick.md`` for a ``--quick`` run); returns the path."""
+    if lines and lines[-1] != "":
+        lines = lines + [""]
+    lines = lines + [f"Total time {time.perf_counter() - started:.0f} s."]
+    out = DOCS / (f"{stem}_quick.md" if quick else f"{stem}.md")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def registry_runs(extra_cnn_hard: bool = True) -> list[tuple[str, str]]:
     """(method, mode) for every registered method in both modes; the CNN's N-way also with
     the hard rule ('nway-hard')."""

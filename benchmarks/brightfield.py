@@ -32,7 +32,7 @@ from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
 from napari_mfif.synthetic import fringe_stack
-from _common import DATA, DOCS, machine, run
+from _common import DATA, machine, run, write_page
 from quality import IMG, _colour, _save, _to8, table
 
 #: parameter variants compared as methods of their own: the CNN with the weights trained on
@@ -209,10 +209,8 @@ def main():
     lines += blood_smear(args.quick)
     lines += other_stacks(args.quick)
     lines += fringes(args.quick)
-    lines += [f"Total time {time.perf_counter() - t0:.0f} s."]
-    out = DOCS / ("brightfield_quick.md" if args.quick else "brightfield.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out = write_page("brightfield", lines, t0, args.quick)
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 import napari_mfif as mf
 from napari_mfif import metrics
 from napari_mfif.io import read_image
-from _common import DATA, DOCS, gt_stack, machine, psnr_capped
+from _common import DATA, gt_stack, machine, psnr_capped, write_page
 from quality import SYNTH, _groups, table
 
 VOC = DATA / "mf_voc_synthetic_gt_subset"
@@ -238,10 +238,7 @@ def main():
         lines += nyquist(pairs)
     else:
         lines += ["", f"MF-VOC: skipped ({VOC} absent)."]
-    lines += ["", f"Run time {time.perf_counter() - t0:.0f} s."]
-    out = DOCS / "cnn_boundary.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_page('cnn_boundary', lines, t0)}")
 
 
 if __name__ == "__main__":

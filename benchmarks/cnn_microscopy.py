@@ -35,7 +35,7 @@ from napari_mfif import metrics, optics
 from napari_mfif.io import read_image
 from napari_mfif.train import MICRO_KINDS, evaluate_microscopy, microscopy_heldout_set, \
     random_optics
-from _common import DATA, DOCS, gt_stack, machine, run
+from _common import DATA, gt_stack, machine, run, write_page
 from brightfield import SMEAR_DIR, _gray, gradient_energy, load_blood_smear
 from quality import IMG, SYNTH, _colour, table
 
@@ -403,10 +403,8 @@ def main():
     montage(smear, sets)
     lines += gaussian_synthetic(args.quick)
     lines += lytro(args.quick)
-    lines += [f"Total time {time.perf_counter() - t0:.0f} s."]
-    out = DOCS / ("cnn_microscopy_quick.md" if args.quick else "cnn_microscopy.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out = write_page("cnn_microscopy", lines, t0, args.quick)
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import numpy as np
 
 import napari_mfif as mf
 import _openfocus as of
-from _common import DATA, DOCS, PSNR_CAP, gt_stack, machine, psnr_capped, run
+from _common import (DATA, PSNR_CAP, gt_stack, machine, psnr_capped, run,
+                     write_page)
 from brightfield import SMEAR_DIR, _crop, _gray, gradient_energy, load_blood_smear
 from napari_mfif import metrics
 from napari_mfif.io import read_image
@@ -511,10 +512,8 @@ def main():
     if failed:
         lines += ["## Failures", ""] + [f"- {name(c)} on {s}: `{msg}`"
                                         for (s, c), msg in failed.items()] + [""]
-    lines += [f"Total time {time.perf_counter() - t0:.0f} s."]
-    out = DOCS / ("openfocus_quick.md" if args.quick else "openfocus.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out = write_page("openfocus", lines, t0, args.quick)
+    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
 from _common import (DATA, DOCS, PSNR_CAP, Timer, gt_stack, label, machine, psnr_capped,
-                     registry_runs, variant_runs)
+                     registry_runs, variant_runs, write_page)
 
 BASELINES = [("mean", ""), ("max", "")]
 IMG = DOCS / "img"
@@ -552,10 +552,8 @@ def main():
                      f"{timer.per_mpix(('real',) + c):.3f}" if ('real',) + c in timer.seconds
                      else ""] for c in keys])
     lines += scaling(args.quick)
-    lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
-    out = DOCS / ("quality_quick.md" if args.quick else "quality.md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out = write_page("quality", lines, t0, args.quick)
+    print(out.read_text())
 
 
 if __name__ == "__main__":
