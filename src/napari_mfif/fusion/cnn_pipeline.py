@@ -233,16 +233,16 @@ def _spreader(spread: str):
 
 
 def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
-    """The focus map of a pair: P(a in focus) per patch spread over the patches, at full size
-    only (levels 1, the papers') or combined over a Gaussian pyramid (mean of the levels'
-    logits)."""
+    """The focus map of a pair: P(a in focus) per patch made a full-size map as ``spread``
+    says (over the patches or from their centres), at full size only (levels 1, the papers')
+    or combined over a Gaussian pyramid (mean of the levels' logits)."""
     import torch
 
-    patch_focus_map = _spreader(spread)
+    spread_map = _spreader(spread)
     h, w = a.shape
     if levels == 1:
         prob = scorer.pair_probability(scorer.features(a), scorer.features(b, 1))[0]
-        return patch_focus_map(prob, (h, w))
+        return spread_map(prob, (h, w))
     pa = _pyramid(torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32),
                                   device=scorer.device)[None], levels)
     pb = _pyramid(torch.as_tensor(np.ascontiguousarray(b, dtype=np.float32),
@@ -250,26 +250,26 @@ def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
     total = None
     for level, (xa, xb) in enumerate(zip(pa, pb)):
         prob = scorer.pair_probability(scorer.features(xa[0]), scorer.features(xb[0], 1))
-        focus = _upsample(patch_focus_map(prob, xa.shape[-2:]), level, (h, w))[0]
+        focus = _upsample(spread_map(prob, xa.shape[-2:]), level, (h, w))[0]
         logit = torch.logit(focus.clamp(1e-6, 1 - 1e-6))
         total = logit if total is None else total + logit
     return torch.sigmoid(total / len(pa))
 
 
 def _slice_scores(scorer, x, levels: int, spread: str = "patch"):
-    """Slice scores of one [0, 1] gray slice spread over the patches, at full size or
-    averaged over a Gaussian pyramid."""
+    """Slice scores of one [0, 1] gray slice made a full-size map as ``spread`` says, at full
+    size or averaged over a Gaussian pyramid."""
     import torch
 
-    patch_focus_map = _spreader(spread)
+    spread_map = _spreader(spread)
     h, w = x.shape
     if levels == 1:
-        return patch_focus_map(scorer.slice_scores(scorer.features(x)), (h, w))[0]
+        return spread_map(scorer.slice_scores(scorer.features(x)), (h, w))[0]
     pyr = _pyramid(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32),
                                    device=scorer.device)[None], levels)
     total = None
     for level, xl in enumerate(pyr):
-        s = patch_focus_map(scorer.slice_scores(scorer.features(xl[0])), xl.shape[-2:])
+        s = spread_map(scorer.slice_scores(scorer.features(xl[0])), xl.shape[-2:])
         s = _upsample(s, level, (h, w))[0]
         total = s if total is None else total + s
     return total / len(pyr)

@@ -97,17 +97,8 @@ def patch_focus_map(
     .. [1] Y. Liu, X. Chen, H. Peng and Z. Wang, "Multi-focus image fusion with a deep
        convolutional neural network", Information Fusion 36:191-207, 2017.
     """
-    H, W = (int(n) for n in image_shape)
-    patch, stride = int(patch), int(stride)
-    if H < 1 or W < 1:
-        raise ValueError(f"image_shape must be positive, got {tuple(image_shape)}")
-    if patch < 1 or stride < 1:
-        raise ValueError(f"patch and stride must be >= 1, got {patch} and {stride}")
-    if scores.ndim < 2:
-        raise ValueError(f"scores must have shape (..., h, w), got {tuple(scores.shape)}")
+    H, W, patch, stride = _checked(scores, image_shape, patch, stride)
     h, w = scores.shape[-2:]
-    if h < 1 or w < 1:
-        raise ValueError(f"empty score map of shape {tuple(scores.shape)}")
 
     out_dtype = scores.dtype if scores.is_floating_point() else torch.get_default_dtype()
     work_dtype = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
@@ -152,6 +143,21 @@ def patch_focus_map(
     return focus.reshape(*lead, H, W).to(out_dtype)
 
 
+def _checked(scores: torch.Tensor, image_shape, patch, stride) -> tuple[int, int, int, int]:
+    """``(H, W, patch, stride)`` as ints, after the checks both focus maps make."""
+    H, W = (int(n) for n in image_shape)
+    patch, stride = int(patch), int(stride)
+    if H < 1 or W < 1:
+        raise ValueError(f"image_shape must be positive, got {tuple(image_shape)}")
+    if patch < 1 or stride < 1:
+        raise ValueError(f"patch and stride must be >= 1, got {patch} and {stride}")
+    if scores.ndim < 2:
+        raise ValueError(f"scores must have shape (..., h, w), got {tuple(scores.shape)}")
+    if min(scores.shape[-2:]) < 1:
+        raise ValueError(f"empty score map of shape {tuple(scores.shape)}")
+    return H, W, patch, stride
+
+
 def _centre_axis(x: torch.Tensor, n: int, patch: int, stride: int, dim: int) -> torch.Tensor:
     """Linear interpolation of ``x`` along ``dim`` from the patch centres to pixels 0..n-1."""
     m = x.shape[dim]
@@ -184,14 +190,10 @@ def centre_focus_map(
     Parameters and result as for :func:`patch_focus_map` (scores ``(..., h, w)``, result
     ``(..., H, W)``, same device and floating dtype).
     """
-    H, W = (int(n) for n in image_shape)
-    if H < 1 or W < 1:
-        raise ValueError(f"image_shape must be positive, got {tuple(image_shape)}")
-    if scores.ndim < 2 or min(scores.shape[-2:]) < 1:
-        raise ValueError(f"scores must have shape (..., h, w), got {tuple(scores.shape)}")
+    H, W, patch, stride = _checked(scores, image_shape, patch, stride)
     x = scores if scores.is_floating_point() else scores.to(torch.get_default_dtype())
-    x = _centre_axis(x, H, int(patch), int(stride), x.ndim - 2)
-    return _centre_axis(x, W, int(patch), int(stride), x.ndim - 1)
+    x = _centre_axis(x, H, patch, stride, x.ndim - 2)
+    return _centre_axis(x, W, patch, stride, x.ndim - 1)
 
 
 def _dilate8(mask: np.ndarray) -> np.ndarray:
