@@ -72,3 +72,18 @@ def test_spread_is_a_choice_and_changes_the_map():
     assert not np.allclose(centre, patch)
     with pytest.raises(mf.MfifError, match="spread"):
         mf.fuse(np.stack([a, b]), method="cnn", spread="middle")
+
+
+@pytest.mark.parametrize("c0", [5, 6, 122])
+def test_a_focus_boundary_next_to_the_image_border_is_placed_too(c0):
+    """Patch centres lie 8 px inside the image; the centre spread scores the image mirrored
+    by that much, so a boundary between the border and the outermost centres is found."""
+    a, b = _halves(c0)
+    fm = mf.focus_map(a, b, method="cnn", training="boundary").score
+    crossing = (fm[8:-8] > 0.5).sum(axis=1)  # A sharp left of c0: columns above 0.5
+    assert np.abs(crossing - c0).max() <= 1
+    for mode in ("nway", "series"):
+        res = mf.fuse(np.stack([a, b]), method="cnn", training="boundary", gf_radius=2,
+                      gf_eps=0.01, min_region=0, mode=mode)
+        truth = np.where(np.arange(128)[None, :] < c0, a, b)
+        assert np.abs(res.image - truth)[8:-8].mean() < 0.01

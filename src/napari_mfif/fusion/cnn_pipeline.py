@@ -38,9 +38,10 @@ The last two ship for ``compact``. A ``weights`` file overrides both ``arch`` an
 
 ``spread`` turns the dense scores into a full-size map: ``patch`` (the papers': each score over
 its 16 x 16 patch, overlaps averaged) or ``centre`` (each score at its patch centre,
-interpolated bilinearly: a focus boundary stays where the network puts it). ``auto`` (default)
-is ``centre`` for weights trained with boundary pairs (their record has ``boundary_fraction``),
-else ``patch``. With boundary-trained weights a narrower guided filter than the paper's keeps
+interpolated bilinearly: a focus boundary stays where the network puts it; the image is
+scored mirrored by half a patch, so that the border pixels have patches centred on them too).
+``auto`` (default) is ``centre`` for weights trained with boundary pairs (their record has
+``boundary_fraction``), else ``patch``. With boundary-trained weights a narrower guided filter than the paper's keeps
 the boundary sharp: ``gf_radius=2, gf_eps=0.01`` measured best (docs/cnn.md).
 
 ``pyramid_levels`` > 1 (paper 001's Gaussian pyramid) scores the inputs at 1/2, 1/4, ... of
@@ -232,47 +233,86 @@ def _spreader(spread: str):
     return centre_focus_map if spread == "centre" else patch_focus_map
 
 
-def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
-    """The focus map of a pair: P(a in focus) per patch made a full-size map as ``spread``
-    says (over the patches or from their centres), at full size only (levels 1, the papers')
-    or combined over a Gaussian pyramid (mean of the levels' logits)."""
+def centre_border(levels: int) -> int:
+    """Pixels the input is mirrored by before the centre spread. The outermost patch centres
+    lie half a patch (8 pixels; at pyramid level l, 8 * 2**l) inside the image, and the
+    pixels beyond them would all take the nearest centre's score: an 8-pixel band along the
+    border where no focus boundary could be placed. Scoring the image mirrored by that much
+    puts patch centres on the border pixels themselves. A multiple of every level's stride,
+    so the patch grid stays where it is and tiled runs agree with whole-image runs."""
+    return (PATCH // 2) * 2 ** (levels - 1)
+
+
+def _tensor(x, device):
     import torch
 
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+
+
+def _mirrored(x, pad: int):
+    """A (H, W) tensor mirrored by ``pad`` pixels on every side (repeated where the image is
+    too small to mirror)."""
+    import torch.nn.functional as F
+
+    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+    return F.pad(x[None, None], (pad,) * 4, mode=mode)[0, 0]
+
+
+def _full_size(compute, images, levels: int, spread: str):
+    """``compute(images, spread_map)`` on the (H, W) images as they are (``patch``) or
+    mirrored by :func:`centre_border` and cropped back (``centre``)."""
     spread_map = _spreader(spread)
-    h, w = a.shape
-    if levels == 1:
-        prob = scorer.pair_probability(scorer.features(a), scorer.features(b, 1))[0]
-        return spread_map(prob, (h, w))
-    pa = _pyramid(torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32),
-                                  device=scorer.device)[None], levels)
-    pb = _pyramid(torch.as_tensor(np.ascontiguousarray(b, dtype=np.float32),
-                                  device=scorer.device)[None], levels)
-    total = None
-    for level, (xa, xb) in enumerate(zip(pa, pb)):
-        prob = scorer.pair_probability(scorer.features(xa[0]), scorer.features(xb[0], 1))
-        focus = _upsample(spread_map(prob, xa.shape[-2:]), level, (h, w))[0]
-        logit = torch.logit(focus.clamp(1e-6, 1 - 1e-6))
-        total = logit if total is None else total + logit
-    return torch.sigmoid(total / len(pa))
+    if spread != "centre":
+        return compute(images, spread_map)
+    pad = centre_border(levels)
+    out = compute([_mirrored(x, pad) for x in images], spread_map)
+    return out[..., pad:-pad, pad:-pad]
+
+
+def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
+    """The focus map of a pair: P(a in focus) per patch made a full-size map as ``spread``
+    says (over the patches, or from their centres on the mirrored images), at full size only
+    (levels 1, the papers') or combined over a Gaussian pyramid (mean of the levels' logits)."""
+    import torch
+
+    def compute(pair, spread_map):
+        xa, xb = pair
+        h, w = xa.shape
+        if levels == 1:
+            prob = scorer.pair_probability(scorer.features(xa), scorer.features(xb, 1))[0]
+            return spread_map(prob, (h, w))
+        logits = []
+        pyramids = zip(_pyramid(xa[None], levels), _pyramid(xb[None], levels))
+        for level, (la, lb) in enumerate(pyramids):
+            prob = scorer.pair_probability(scorer.features(la[0]), scorer.features(lb[0], 1))
+            focus = _upsample(spread_map(prob, la.shape[-2:]), level, (h, w))[0]
+            logits.append(torch.logit(focus.clamp(1e-6, 1 - 1e-6)))
+        return torch.sigmoid(sum(logits) / len(logits))
+
+    return _full_size(compute, [_tensor(a, scorer.device), _tensor(b, scorer.device)],
+                      levels, spread)
 
 
 def _slice_scores(scorer, x, levels: int, spread: str = "patch"):
     """Slice scores of one [0, 1] gray slice made a full-size map as ``spread`` says, at full
     size or averaged over a Gaussian pyramid."""
-    import torch
 
-    spread_map = _spreader(spread)
-    h, w = x.shape
-    if levels == 1:
-        return spread_map(scorer.slice_scores(scorer.features(x)), (h, w))[0]
-    pyr = _pyramid(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32),
-                                   device=scorer.device)[None], levels)
-    total = None
-    for level, xl in enumerate(pyr):
-        s = spread_map(scorer.slice_scores(scorer.features(xl[0])), xl.shape[-2:])
-        s = _upsample(s, level, (h, w))[0]
-        total = s if total is None else total + s
-    return total / len(pyr)
+    def compute(images, spread_map):
+        (xs,) = images
+        h, w = xs.shape
+        if levels == 1:
+            return spread_map(scorer.slice_scores(scorer.features(xs)), (h, w))[0]
+        pyr = _pyramid(xs[None], levels)
+        total = None
+        for level, xl in enumerate(pyr):
+            s = spread_map(scorer.slice_scores(scorer.features(xl[0])), xl.shape[-2:])
+            s = _upsample(s, level, (h, w))[0]
+            total = s if total is None else total + s
+        return total / len(pyr)
+
+    return _full_size(compute, [_tensor(x, scorer.device)], levels, spread)
 
 
 def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1, spread="patch"):
