@@ -147,6 +147,15 @@ def test_guided_filter_default_parameters_match_direct_computation():
     assert_allclose(got.numpy(), guided_filter_loop(I, p, 8, 0.1), rtol=1e-10)
 
 
+def test_guided_filter_radius_zero_returns_the_source():
+    """A 1 x 1 window has no variance: ``gf_radius=0`` turns the filter off."""
+    rng = np.random.default_rng(2)
+    I, p = rng.random((9, 11)), rng.random((9, 11))
+    got = guided_filter(torch.from_numpy(I), torch.from_numpy(p), r=0, eps=0.01)
+    assert_allclose(got.numpy(), p, rtol=0, atol=1e-12)
+    assert_allclose(guided_filter_loop(I, p, 0, 0.01), p, rtol=0, atol=1e-12)
+
+
 def test_guided_filter_keeps_a_constant():
     I = torch.from_numpy(np.random.default_rng(1).random((30, 40)))
     q = guided_filter(I, torch.full_like(I, 0.7), r=4, eps=0.05)

@@ -116,7 +116,8 @@ def guided_filter(
         The image ``p`` to filter. It must broadcast against ``guide``; e.g. a guide of
         shape (H, W) and ``src`` of shape (K, H, W) filters K maps with one guide.
     r : int, default 8
-        Window radius in pixels.
+        Window radius in pixels. 0 returns ``src`` itself (a 1 x 1 window has no
+        variance), which turns the filter off.
     eps : float, default 0.1
         Regularisation; larger values smooth more (fewer edges are kept).
 
@@ -182,7 +183,8 @@ def guided_filter_np(
     src : ndarray, shape (..., H, W)
         The image(s) to filter; must broadcast against ``guide``.
     r : int, default 8
-        Window radius in pixels.
+        Window radius in pixels. 0 returns ``src`` itself (a 1 x 1 window has no
+        variance), which turns the filter off.
     eps : float, default 0.1
         Regularisation.
     device : str or torch.device, default "cpu"
