@@ -43,7 +43,10 @@ BAND = 8  # px either side of the true boundary
 SEEDS = (21, 22)
 NARROW = {"gf_radius": 2, "gf_eps": 0.01}
 BOUNDARY = {"training": "boundary"}
-#: (label, method, params)
+#: the guided filter chosen for the boundary weights on a separate tuning set
+#: (benchmarks/cnn_tuning.py, docs/benchmarks/cnn_tuning.md): none in N-way, r 1 in series
+TUNED = {"nway": {"gf_radius": 0}, "series": {"gf_radius": 1, "gf_eps": 0.01}}
+#: (label, method, params); params may be {mode: params}
 RUNS = [
     ("sml", "sml", {}),
     ("dog", "dog", {}),
@@ -53,7 +56,14 @@ RUNS = [
     ("cnn papers, gf 2 / 0.01", "cnn", dict(NARROW)),
     ("cnn boundary (paper's steps)", "cnn", dict(BOUNDARY)),
     ("cnn boundary, gf 2 / 0.01", "cnn", {**BOUNDARY, **NARROW}),
+    ("cnn boundary, tuned filter", "cnn",
+     {mode: {**BOUNDARY, **kw} for mode, kw in TUNED.items()}),
 ]
+
+
+def params(kw: dict, mode: str) -> dict:
+    """A run's parameters in ``mode`` (runs with per-mode parameters are keyed by mode)."""
+    return kw[mode] if mode in kw else kw
 
 
 def truth_mask(a, b, gt):
@@ -89,8 +99,9 @@ def comparison(pairs):
     synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in SEEDS]
     lytro = [[read_image(p) for p in g] for g in _groups().get("Lytro (survey)", [])]
     rows, best = [], {}
-    for label, method, kw in RUNS:
+    for label, method, per_mode in RUNS:
         for mode in ("nway", "series"):
+            kw = params(per_mode, mode)
             t0 = time.perf_counter()
             voc = [(psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)) for f, gt in
                    ((mf.fuse(np.stack([a, b]), method=method, mode=mode, channel_axis=-1,
@@ -124,7 +135,9 @@ def comparison(pairs):
             f"benchmarks/quality.py (cells: 4 stacks, fluorescence: 3, seeds {SEEDS}, uint16); "
             f"Q_G on the survey's {len(lytro)} Lytro pairs (published CNN of Liu 2017: 0.7615, "
             "best published method: 0.7623). Every method with its defaults except where the "
-            "row says: `gf 2 / 0.01` is `gf_radius=2, gf_eps=0.01`; `boundary` is "
+            "row says: `gf 2 / 0.01` is `gf_radius=2, gf_eps=0.01`; `tuned filter` is the "
+            "guided filter chosen on a separate tuning set (docs/benchmarks/cnn_tuning.md): "
+            "none (`gf_radius=0`) in N-way, `gf_radius=1, gf_eps=0.01` in series; `boundary` is "
             "`training=\"boundary\"` (its scores are placed at the patch centres, "
             "`spread=\"auto\"`). Best of each column in bold.", ""] + table(
         ["method", "MF-VOC", "synthetic cells", "synthetic fluorescence", "Lytro Q_G"], out)
@@ -132,27 +145,35 @@ def comparison(pairs):
 
 def where_error(pairs):
     rows = []
-    for label, method, kw in [RUNS[0], RUNS[1], RUNS[4], RUNS[7]]:
-        near, far, total, psnrs = [], [], [], []
+    chosen = ("sml", "dog", "cnn papers (paper's steps)", "cnn boundary (paper's steps)",
+              "cnn boundary, tuned filter")
+    for label, method, per_mode in [r for r in RUNS if r[0] in chosen]:
+        near, edge, far, total, psnrs = [], [], [], [], []
         for _, a, b, gt in pairs:
-            f = mf.fuse(np.stack([a, b]), method=method, mode="series", channel_axis=-1,
-                        **kw).image
+            f = mf.fuse(np.stack([a, b]), method=method, mode="nway", channel_axis=-1,
+                        **params(per_mode, "nway")).image
             err = ((f.astype(float) - gt) ** 2).mean(-1)
             m = band(truth_mask(a, b, gt), BAND)
+            rim = np.ones(m.shape, bool)
+            rim[BAND:-BAND, BAND:-BAND] = False
             near.append(err[m].sum())
+            edge.append(err[m & rim].sum())
             far.append(err[~m].mean())
             total.append(err.sum())
             psnrs.append(psnr_capped(gt, f, 255))
-        rows.append([f"{label} series", f"{np.mean(psnrs):.2f}",
+        rows.append([f"{label} nway", f"{np.mean(psnrs):.2f}",
                      f"{np.sum(near) / len(pairs):.0f}",
-                     f"{100 * np.sum(near) / np.sum(total):.1f} %", f"{np.mean(far):.2f}"])
+                     f"{100 * np.sum(near) / np.sum(total):.1f} %",
+                     f"{np.sum(edge) / len(pairs):.0f}", f"{np.mean(far):.2f}"])
     share = np.mean([band(truth_mask(a, b, gt), BAND).mean() for _, a, b, gt in pairs])
     return ["", "## Where the error is", "",
-            f"MF-VOC, {len(pairs)} pairs, series mode. 'Near the boundary': within {BAND} px of "
-            f"the true focus boundary, {100 * share:.0f} % of the pixels on average. Squared "
-            "error in grey levels squared, mean over RGB.", ""] + table(
+            f"MF-VOC, {len(pairs)} pairs, N-way mode. 'Near the boundary': within {BAND} px of "
+            f"the true focus boundary, {100 * share:.0f} % of the pixels on average; 'at the "
+            f"image border': the part of it within {BAND} px of the image's edge, where a "
+            "network that scores whole patches has no patch centred (the centre spread mirrors "
+            "the image there). Squared error in grey levels squared, mean over RGB.", ""] + table(
         ["method", "PSNR (dB)", "squared error near the boundary, per pair",
-         "its share of all", "MSE away from it"], rows)
+         "its share of all", "of it at the image border, per pair", "MSE away from it"], rows)
 
 
 def nyquist(pairs):
