@@ -41,8 +41,10 @@ its 16 x 16 patch, overlaps averaged) or ``centre`` (each score at its patch cen
 interpolated bilinearly: a focus boundary stays where the network puts it; the image is
 scored mirrored by half a patch, so that the border pixels have patches centred on them too).
 ``auto`` (default) is ``centre`` for weights trained with boundary pairs (their record has
-``boundary_fraction``), else ``patch``. With boundary-trained weights a narrower guided filter than the paper's keeps
-the boundary sharp: ``gf_radius=2, gf_eps=0.01`` measured best (docs/cnn.md).
+``boundary_fraction``), else ``patch``. Boundary-trained weights need a narrower guided
+filter than the paper's to keep the boundary where they put it. Chosen on a tuning set that
+shares nothing with the evaluation (benchmarks/cnn_tuning.py): none in N-way
+(``gf_radius=0``), ``gf_radius=1, gf_eps=0.01`` in series (docs/cnn.md).
 
 ``pyramid_levels`` > 1 (paper 001's Gaussian pyramid) scores the inputs at 1/2, 1/4, ... of
 their size too (5-tap binomial Gaussian, then every second pixel), spreads each level's scores
@@ -85,12 +87,12 @@ HELP = {
     "training": "training data of the shipped weights: papers (the papers' Gaussian-blur "
                 "pairs), microscopy (also pairs from simulated brightfield and fluorescence "
                 "stacks) or boundary (also pairs with a focus boundary through the patch; "
-                "best with gf_radius 2, gf_eps 0.01); the last two ship for compact",
+                "best with gf_radius 0 in nway, 1 in series); the last two ship for compact",
     "weights": "path of a weights file from 'python -m napari_mfif.train' (overrides arch "
                "and training)",
     "threshold": "focus-map threshold of the binary decision (paper: 0.5)",
     "min_region": "regions smaller than this fraction of H*W are flipped (paper: 0.01; 0 = off)",
-    "gf_radius": "guided-filter radius in pixels (paper: 8)",
+    "gf_radius": "guided-filter radius in pixels (paper: 8; 0 = no filter)",
     "gf_eps": "guided-filter regularisation for [0, 1] images (paper: 0.1)",
     "nway_rule": "nway weights: soft (probability of being the sharpest) or hard (argmax)",
     "pyramid_levels": "Gaussian-pyramid levels scored and combined (1 = full size only; "
