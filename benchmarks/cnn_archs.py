@@ -28,48 +28,21 @@ from pathlib import Path
 import numpy as np
 
 import napari_mfif as mf
-from napari_mfif import metrics
-from napari_mfif.io import read_image
-from _common import DATA, gt_stack, machine, psnr_capped, write_page
-from quality import SYNTH, _groups, table
-
-VOC = DATA / "mf_voc_synthetic_gt_subset"
-SEEDS = (21, 22)
-
-
-def _voc(n):
-    if not VOC.is_dir():
-        return []
-    names = sorted(p.name for p in (VOC / "sourceA").glob("*.jpg"))[:n]
-    return [tuple(read_image(VOC / d / nm) for d in ("sourceA", "sourceB", "groundtruth"))
-            for nm in names]
+from _common import machine, write_page
+from cnn_boundary import SEEDS, VOC, load_voc, lytro_pairs, measure
+from quality import table
 
 
 def quality_rows(runs, pairs, quick=False):
-    seeds = SEEDS[:1] if quick else SEEDS
-    synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in seeds]
-    lytro = [[read_image(p) for p in g] for g in _groups().get("Lytro (survey)", [])]
-    lytro = lytro[:2] if quick else lytro
-    rows = []
-    for name, kw in runs:
-        for mode in ("nway", "series"):
-            t0 = time.perf_counter()
-            voc = [(psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)) for f, gt in
-                   ((mf.fuse(np.stack([a, b]), method="cnn", mode=mode, channel_axis=-1,
-                             **kw).image, gt) for a, b, gt in pairs)]
-            scene = {"cells": [], "fluorescence": []}
-            for kind, s in synth:
-                f = mf.fuse(s.stack, method="cnn", mode=mode, **kw).image
-                scene[kind].append((metrics.psnr(s.sharp, f, 4095), metrics.ssim(s.sharp, f, 4095)))
-            q = [metrics.NO_REFERENCE["qabf"](s[0], s[1], mf.fuse(
-                np.stack(s), method="cnn", mode=mode, channel_axis=-1, **kw).image) for s in lytro]
-            cells = [f"{name} {mode}"]
-            for vals in (voc, scene["cells"], scene["fluorescence"]):
-                cells.append("{:.2f} / {:.4f}".format(*np.mean(vals, axis=0)) if vals else "-")
-            cells.append(f"{np.mean(q):.4f}" if q else "-")
-            rows.append(cells)
-            print(f"  {name} {mode}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return rows
+    """Table rows of :func:`cnn_boundary.measure` for ``cnn`` with each run's parameters."""
+    lytro = lytro_pairs()
+    rows = measure([(name, "cnn", kw) for name, kw in runs], pairs,
+                   lytro[:2] if quick else lytro, SEEDS[:1] if quick else SEEDS)
+    out = []
+    for label, vals, q in rows:
+        cells = [label] + [f"{p:.2f} / {s:.4f}" if p == p else "-" for p, s in vals]
+        out.append(cells + [f"{q:.4f}" if q == q else "-"])
+    return out
 
 
 def speed(runs, size=1024):
@@ -115,7 +88,7 @@ def main():
                          f"{meta['train_seconds']:.0f} s",
                          f"{100 * meta['heldout_accuracy_pair_head']:.2f} %",
                          f"{100 * meta['heldout_accuracy_pair_head_noisy_mild']:.2f} %"])
-    pairs = _voc(4 if args.quick else args.pairs)
+    pairs = load_voc(4 if args.quick else args.pairs) if VOC.is_dir() else []
     rows = quality_rows(runs, pairs, args.quick)
     size = 256 if args.quick else 1024
     mps = speed(runs, size)

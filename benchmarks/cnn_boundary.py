@@ -95,11 +95,18 @@ def qabf(sources, method, mode, kw):
     return metrics.NO_REFERENCE["qabf"](sources[0], sources[1], fused)
 
 
-def comparison(pairs):
-    synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in SEEDS]
-    lytro = [[read_image(p) for p in g] for g in _groups().get("Lytro (survey)", [])]
-    rows, best = [], {}
-    for label, method, per_mode in RUNS:
+def lytro_pairs():
+    """The survey's Lytro source pairs that are present (none without ../shared)."""
+    return [[read_image(p) for p in g] for g in _groups().get("Lytro (survey)", [])]
+
+
+def measure(runs, pairs, lytro, seeds=SEEDS):
+    """Per run (label, method, params or {mode: params}) and mode: (row label, mean
+    (PSNR, SSIM) on the MF-VOC ``pairs`` (NaN without pairs), the synthetic cells and the
+    synthetic fluorescence of ``seeds``, mean Q_G on the ``lytro`` pairs (NaN without))."""
+    synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in seeds]
+    rows = []
+    for label, method, per_mode in runs:
         for mode in ("nway", "series"):
             kw = params(per_mode, mode)
             t0 = time.perf_counter()
@@ -116,6 +123,12 @@ def comparison(pairs):
                     np.mean(scene["cells"], axis=0), np.mean(scene["fluorescence"], axis=0)]
             rows.append((f"{label} {mode}", vals, q))
             print(f"  {label} {mode}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def comparison(pairs):
+    lytro = lytro_pairs()
+    rows, best = measure(RUNS, pairs, lytro), {}
     # best PSNR per column in bold
     for j in range(3):
         best[j] = max(r[1][j][0] for r in rows)
