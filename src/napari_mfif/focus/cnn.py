@@ -200,13 +200,19 @@ def count_parameters(net: nn.Module, heads: str = "pair") -> int:
 
 # -- dense inference ------------------------------------------------------------------
 
+def mirror(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """(N, C, H, W) mirrored by ``pad`` pixels on every side (repeated where the image is too
+    small to mirror)."""
+    return F.pad(x, (pad,) * 4, mode="reflect" if min(x.shape[-2:]) > pad else "replicate")
+
+
 def pad_for_dense(gray: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) -> mirrored to even size, plus the MARGIN border of context."""
     h, w = gray.shape[-2:]
     x = gray
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
-    return F.pad(x, (MARGIN,) * 4, mode="reflect" if min(h, w) > MARGIN else "replicate")
+    return mirror(x, MARGIN)
 
 
 def score_map_shape(h: int, w: int) -> tuple[int, int]:

@@ -253,23 +253,16 @@ def _tensor(x, device):
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
 
 
-def _mirrored(x, pad: int):
-    """A (H, W) tensor mirrored by ``pad`` pixels on every side (repeated where the image is
-    too small to mirror)."""
-    import torch.nn.functional as F
-
-    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
-    return F.pad(x[None, None], (pad,) * 4, mode=mode)[0, 0]
-
-
 def _full_size(compute, images, levels: int, spread: str):
     """``compute(images, spread_map)`` on the (H, W) images as they are (``patch``) or
     mirrored by :func:`centre_border` and cropped back (``centre``)."""
     spread_map = _spreader(spread)
     if spread != "centre":
         return compute(images, spread_map)
+    from ..focus.cnn import mirror
+
     pad = centre_border(levels)
-    out = compute([_mirrored(x, pad) for x in images], spread_map)
+    out = compute([mirror(x[None, None], pad)[0, 0] for x in images], spread_map)
     return out[..., pad:-pad, pad:-pad]
 
 
