@@ -25,9 +25,10 @@ validation loss)::
     python -m napari_mfif.train --arch dual --loss bce --early-stop 4 --steps 2500 \
         -o src/napari_mfif/focus/weights/dual.pt
 
-Two options change the papers' pairs (both off for the shipped weights; docs/cnn.md measures
-them): ``--pair-noise shared`` gives both patches of a pair one camera's noise level (each
-still its own noise), as two slices of one stack have; ``--boundary-fraction F`` puts a focus
+Two options change the papers' pairs (both off for ``compact.pt`` and the other shipped
+weights, both on for ``compact_boundary.pt``; docs/cnn.md measures them):
+``--pair-noise shared`` gives both patches of a pair one camera's noise level (each still its
+own noise), as two slices of one stack have; ``--boundary-fraction F`` puts a focus
 boundary through a share F of the pairs (a random, slightly curved edge within 6 px of the
 centre; one patch sharp on one side, the other on the other side) and labels them by the side
 of the patch centre, for networks whose scores are placed at the patch centres
