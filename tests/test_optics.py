@@ -319,3 +319,35 @@ def test_bad_input_is_one_sentence(call):
     with pytest.raises(MfifError) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_reflector_is_pads_and_traces_on_a_flat_substrate():
+    spec = optics.reflector((128, 128), pixel_size=0.25, seed=4)
+    r = np.abs(spec.transmittance) ** 2
+    assert spec.transmittance.dtype == np.complex64
+    assert 0.3 < np.median(r[spec.labels == 0]) < 0.4
+    assert r[spec.labels > 0].mean() > 0.5
+    assert 0.05 < (spec.labels > 0).mean() < 0.95
+    # heights of at most 0.3 um (plus a faint roughness): phases of at most ~ 4 pi 0.3 / 0.55
+    assert np.abs(np.angle(spec.transmittance)).max() <= np.pi
+
+
+def test_reflected_stack_is_sharpest_at_the_specimen_and_can_miss_it():
+    """Flat in the middle by default: that slice is the in-focus truth (noise-free) and the
+    slices far from it have lost detail (one slice off, the pads' height turns into fringes
+    with more contrast than the focus: phase, as in brightfield); with the specimen below
+    the stack, every slice is out of focus and the first is the least defocused."""
+    def detail(img):
+        return float(np.mean(np.abs(np.diff(img.astype(np.float64), axis=1))))
+
+    s = optics.reflected_stack(shape=(96, 96), n_slices=7, noise=False, dtype=np.float32,
+                               seed=2)
+    assert np.allclose(s.depth, 3.0)
+    assert np.allclose(s.stack[3], s.sharp, atol=1e-5)
+    d = [detail(x) for x in s.stack]
+    assert d[0] < d[3] and d[6] < d[3] and d[0] < d[1] < d[2] and d[6] < d[5]
+    out = optics.reflected_stack(shape=(96, 96), n_slices=5, depth=-2.5, noise=False,
+                                 dtype=np.float32, seed=2)
+    d = [detail(x) for x in out.stack]
+    assert d[0] == max(d) and d[0] > 1.5 * d[-1]
+    assert detail(out.sharp) > d[0]

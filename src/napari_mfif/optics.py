@@ -43,8 +43,8 @@ from ._errors import MfifError
 from .stack import to_dtype
 from .synthetic import SyntheticStack, smooth_depth, step_depth
 
-__all__ = ["Specimen", "specimen", "propagate", "brightfield_image", "psf",
-           "brightfield_stack", "fluorescence_stack"]
+__all__ = ["Specimen", "specimen", "reflector", "propagate", "brightfield_image", "psf",
+           "brightfield_stack", "reflected_stack", "fluorescence_stack"]
 
 #: Evans and Fung's red-cell thickness (um) on the normalised radius rho: sqrt(1 - rho^2)
 #: (C0 + C2 rho^2 + C4 rho^4); only its shape is used (biconcave: 0.81 um at the centre,
@@ -353,6 +353,64 @@ def specimen(
 
 # ---------------------------------------------------------------------------------------
 # propagation, brightfield images, PSFs
+
+
+def reflector(
+    shape: tuple[int, int] = (256, 256),
+    *,
+    pixel_size: float = 0.16,
+    n_pads: int | None = None,
+    n_traces: int | None = None,
+    wavelength: float = 0.55,
+    roughness: float = 0.02,
+    seed: int = 0,
+) -> Specimen:
+    """A flat reflecting specimen for reflected-light (epi-illumination) stacks: a wafer or
+    circuit board seen from above. Rectangular pads and straight traces of metal
+    (reflectance 0.6-0.95) on a substrate (0.35), raised by 0.02-0.3 um, with a faint surface
+    roughness; large areas carry no texture at all.
+
+    Reflected brightfield images such a surface as transmitted brightfield images a thin
+    specimen whose amplitude transmittance is the amplitude reflectance ``sqrt(R)`` and whose
+    phase is the round trip over the height, ``4 pi h / wavelength``; pass the result to
+    :func:`brightfield_stack` (with the objective's own NA as ``na`` and the illumination
+    aperture as ``condenser_na``). ``emission`` is the reflectance, ``labels`` number the
+    pads and traces (0 on the substrate)."""
+    shape = _shape(shape)
+    pixel_size = _positive("pixel_size", pixel_size)
+    wavelength = _positive("wavelength", wavelength)
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    area = h * w * pixel_size ** 2
+    n_pads = max(1, int(round(area / 150))) if n_pads is None else int(n_pads)
+    n_traces = max(1, int(round(area / 300))) if n_traces is None else int(n_traces)
+    reflect = np.full(shape, 0.35, np.float32)
+    height = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.int32)
+    label = 0
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(n_pads + n_traces):
+        label += 1
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        if label <= n_pads:   # a pad: 2-12 um rectangles
+            ry, rx = rng.uniform(1.0, 6.0, size=2) / pixel_size
+        else:                 # a trace: 0.4-2 um wide, 10-40 um long, along x or y
+            long_, wide = rng.uniform(5.0, 20.0) / pixel_size, rng.uniform(0.2, 1.0) / pixel_size
+            ry, rx = (long_, wide) if rng.random() < 0.5 else (wide, long_)
+        dy = np.abs((yy - cy + h / 2) % h - h / 2)
+        dx = np.abs((xx - cx + w / 2) % w - w / 2)
+        inside = (dy <= ry) & (dx <= rx)
+        reflect[inside] = rng.uniform(0.6, 0.95)
+        height[inside] = rng.uniform(0.02, 0.3)
+        labels[inside] = label
+    # edges a little soft (the optics' own blur does the rest), a faint roughness
+    reflect = ndi.gaussian_filter(reflect, 0.6, mode="wrap")
+    height = ndi.gaussian_filter(height, 0.6, mode="wrap")
+    rough = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0, mode="wrap")
+    height = height + roughness * rough / (rough.std() + 1e-12)
+    field = np.sqrt(reflect) * np.exp(1j * (4 * np.pi / wavelength) * height)
+    return Specimen(transmittance=field.astype(np.complex64), emission=reflect.astype(np.float32),
+                    labels=labels, pixel_size=pixel_size)
 
 
 def _frequencies(shape, pixel_size):
@@ -789,6 +847,37 @@ def brightfield_stack(
         slices[k] = intensity * np.float32(white)
     sharp = images[-lo] * np.float32(white)
     return SyntheticStack(stack=to_dtype(slices, dt), sharp=to_dtype(sharp, dt), depth=depth)
+
+
+def reflected_stack(
+    specimen: Specimen | np.ndarray | None = None,
+    depth: np.ndarray | float | str | None = None,
+    *,
+    n_slices: int = 9,
+    shape: tuple[int, int] = (256, 256),
+    wavelength: float = 0.55,
+    pixel_size: float | None = None,
+    na: float = 0.5,
+    condenser_na: float = 0.35,
+    seed: int = 0,
+    **kwargs,
+) -> SyntheticStack:
+    """A reflected-light (epi-illumination) focal stack of a flat reflecting specimen: a
+    :func:`reflector` (pads and traces on a substrate; default 0.25 um pixels) imaged as
+    :func:`brightfield_stack` images a thin specimen (see :func:`reflector` for why that is
+    the same thing). ``depth`` defaults to a flat specimen in the middle of the stack; a
+    number outside ``0 .. n_slices - 1`` gives a stack with no slice in focus. The other
+    keywords (spacing, photons, read_noise, noise, dtype, ...) are those of
+    :func:`brightfield_stack`."""
+    if specimen is None:
+        specimen = reflector(shape, pixel_size=0.25 if pixel_size is None else pixel_size,
+                             wavelength=wavelength, seed=seed)
+        pixel_size = None
+    if depth is None:
+        depth = (n_slices - 1) / 2
+    return brightfield_stack(specimen, depth, n_slices=n_slices, shape=shape,
+                             wavelength=wavelength, pixel_size=pixel_size, na=na,
+                             condenser_na=condenser_na, seed=seed, **kwargs)
 
 
 def fluorescence_stack(
