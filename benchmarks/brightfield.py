@@ -32,7 +32,7 @@ from napari_mfif import metrics
 from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
 from napari_mfif.synthetic import fringe_stack
-from _common import DATA, machine, run, write_page
+from _common import DATA, WBC_DIR, load_wbc_milab, machine, run, write_page
 from quality import IMG, _colour, _save, _to8, table
 
 #: parameter variants compared as methods of their own: the CNN with the weights trained on
@@ -64,20 +64,20 @@ def _crop(image, box):
 
 
 #: the miLab blood-smear stack, one JPEG per plane
-SMEAR_DIR = DATA / "microscopy_wbc_milab"
+SMEAR_DIR = WBC_DIR
 
 
 def load_blood_smear(quick):
     """The blood-smear stack (Z, Y, X, 3) in plane order (with ``quick``, a 512 x 512 crop)
     and the plane where the scanner's focus score, the end of each file name, peaks; (None,
     None) when the data is absent."""
-    files = sorted(SMEAR_DIR.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
-    if not files:
+    data = load_wbc_milab()
+    if data is None:
         return None, None
-    stack = np.stack([read_image(f) for f in files])
+    stack = data["stack"]
     if quick:
         stack = stack[:, 300:812, 600:1112]
-    return stack, int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
+    return stack, data["reference"]
 
 
 def blood_smear(quick):
