@@ -363,12 +363,13 @@ def reflector(
     n_traces: int | None = None,
     wavelength: float = 0.55,
     roughness: float = 0.02,
+    heights: tuple[float, float] = (0.02, 0.3),
     seed: int = 0,
 ) -> Specimen:
     """A flat reflecting specimen for reflected-light (epi-illumination) stacks: a wafer or
     circuit board seen from above. Rectangular pads and straight traces of metal
-    (reflectance 0.6-0.95) on a substrate (0.35), raised by 0.02-0.3 um, with a faint surface
-    roughness; large areas carry no texture at all.
+    (reflectance 0.6-0.95) on a substrate (0.35), raised by ``heights`` (a range, um), with a
+    faint surface roughness (``roughness`` um rms); large areas carry no texture at all.
 
     Reflected brightfield images such a surface as transmitted brightfield images a thin
     specimen whose amplitude transmittance is the amplitude reflectance ``sqrt(R)`` and whose
@@ -401,7 +402,7 @@ def reflector(
         dx = np.abs((xx - cx + w / 2) % w - w / 2)
         inside = (dy <= ry) & (dx <= rx)
         reflect[inside] = rng.uniform(0.6, 0.95)
-        height[inside] = rng.uniform(0.02, 0.3)
+        height[inside] = rng.uniform(*heights)
         labels[inside] = label
     # edges a little soft (the optics' own blur does the rest), a faint roughness
     reflect = ndi.gaussian_filter(reflect, 0.6, mode="wrap")
