@@ -1,7 +1,9 @@
 """Sphinx helpers for the napari-mfif site (loaded by docs/conf.py).
 
-- ``train_parser()``: the argument parser of ``python -m napari_mfif.train`` for
-  sphinx-argparse (``train.main`` builds it inline, so it is captured at ``parse_args``).
+- ``train_parser()``, ``train_focusnet_parser()``: the argument parsers of
+  ``python -m napari_mfif.train`` and ``python -m napari_mfif.train_focusnet`` for
+  sphinx-argparse (their ``main`` builds them inline, so they are captured at
+  ``parse_args``).
 - ``.. mfif-methods::``: every registered method with its summary, devices, modes and
   parameters (defaults, meanings, choices), read from the registry at build time, so a new
   method or parameter appears without editing the page.
@@ -53,9 +55,10 @@ class _Captured(Exception):
         self.parser = parser
 
 
-def train_parser() -> argparse.ArgumentParser:
-    """The parser that ``python -m napari_mfif.train`` builds, without training anything."""
-    from napari_mfif import train
+def train_parser(module: str = "napari_mfif.train") -> argparse.ArgumentParser:
+    """The parser that ``python -m <module>`` (a training command) builds, without training
+    anything."""
+    train = importlib.import_module(module)
 
     def capture(self, *args, **kwargs):
         raise _Captured(self)
@@ -68,7 +71,12 @@ def train_parser() -> argparse.ArgumentParser:
         return got.parser
     finally:
         argparse.ArgumentParser.parse_args = original
-    raise RuntimeError("napari_mfif.train.main() did not parse its arguments")
+    raise RuntimeError(f"{module}.main() did not parse its arguments")
+
+
+def train_focusnet_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m napari_mfif.train_focusnet``."""
+    return train_parser("napari_mfif.train_focusnet")
 
 
 def cli_parser() -> argparse.ArgumentParser:
@@ -118,7 +126,7 @@ def check_cli(app, doctree, docname) -> None:
     if docname != CLI_PAGE:
         return
     text = doctree.astext()
-    for parser in (cli_parser(), train_parser()):
+    for parser in (cli_parser(), train_parser(), train_focusnet_parser()):
         for where, option in _options(parser):
             if option not in text:
                 logger.warning(f"{where}: {option} does not appear on {CLI_PAGE}",

@@ -36,7 +36,8 @@ MODES = ("nway", "series")
 # modules whose import registers the built-in methods
 _BUILTIN_MODULES = ("napari_mfif.focus.classic", "napari_mfif.focus.sml",
                     "napari_mfif.focus.dog", "napari_mfif.fusion.multiscale",
-                    "napari_mfif.fusion.cnn_pipeline", "napari_mfif.fusion.cnn_wavelet")
+                    "napari_mfif.fusion.cnn_pipeline", "napari_mfif.fusion.cnn_wavelet",
+                    "napari_mfif.fusion.focusnet_pipeline")
 
 _REGISTRY: dict[str, "Method"] = {}
 _builtins_loaded = False
