@@ -273,7 +273,10 @@ def save_weights(net: FocusNet, path: str | Path, arch: str, meta: dict) -> None
     torch.save(blob, path)
 
 
-def read_weights(path: str | Path) -> dict:
+def load_blob(path: str | Path, fmt: str, what: str) -> dict:
+    """The dict saved in a weights file whose ``format`` is ``fmt`` (loaded with
+    ``weights_only=True``); a missing, unreadable or other file is refused in one sentence
+    saying it is not ``what``."""
     path = Path(path)
     if not path.is_file():
         raise MfifError(f"weights file not found: {path}")
@@ -281,9 +284,13 @@ def read_weights(path: str | Path) -> dict:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MfifError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(blob, dict) or blob.get("format") != "napari-mfif-focusnet-1":
-        raise MfifError(f"{path} is not a napari-mfif focus network weights file")
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise MfifError(f"{path} is not {what}")
     return blob
+
+
+def read_weights(path: str | Path) -> dict:
+    return load_blob(path, "napari-mfif-focusnet-1", "a napari-mfif focus network weights file")
 
 
 @lru_cache(maxsize=8)

@@ -140,16 +140,10 @@ def save(net: StackFocusNet, path: str | Path, meta: dict) -> None:
 
 
 def read(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MfifError(f"weights file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MfifError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise MfifError(f"{path} is not a weights file of the focusnet method")
-    return blob
+    """The saved dict of a focusnet weights file (see :func:`save`)."""
+    from .cnn import load_blob
+
+    return load_blob(path, FORMAT, "a weights file of the focusnet method")
 
 
 @lru_cache(maxsize=4)
