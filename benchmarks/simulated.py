@@ -52,6 +52,12 @@ SETS = (
      {"photons": 40, "background": 5.0}),
     ("fl_objects", "fluorescence, each object at its own depth, 13 slices",
      optics.fluorescence_stack, {"depth": "objects", "n_slices": 13}),
+    ("fl_fine", "fluorescence, NA 1.4 oil, z step 0.15 um (finer than the depth of field), "
+     "21 slices", optics.fluorescence_stack,
+     {"na": 1.4, "medium_index": 1.515, "spacing": 0.15, "n_slices": 21, "pixel_size": 0.065}),
+    ("refl", "reflected light, flat pads and traces (defaults)", optics.reflected_stack, {}),
+    ("refl_out", "reflected light, no slice in focus (specimen 2.5 slices below the first)",
+     optics.reflected_stack, {"depth": -2.5}),
 )
 
 
