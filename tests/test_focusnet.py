@@ -142,12 +142,21 @@ def test_keeps_dtype_and_leaves_the_input_alone():
     assert out.shape == (96, 96, 3) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("mode", ["nway", "series"])
-def test_tiles_match_the_whole_image(mode):
-    s = focal_stack(fluorescence_image((211, 333), seed=3), n_slices=4, photons=200.0,
+@pytest.mark.parametrize("mode,hood", [("nway", 32.0), ("nway", 8.0), ("series", 8.0)])
+def test_tiles_match_the_whole_image(mode, hood):
+    """Windows with interior edges (the overlap covers the receptive field and the
+    neighbourhood's reach, 4 sigma) give what the whole image gives."""
+    from napari_mfif.tiles import plan_tiles
+    from napari_mfif.fusion.focusnet_pipeline import DEFAULTS, _reach
+
+    shape = (300, 760)
+    params = {**DEFAULTS, "neighbourhood": hood}
+    plan = plan_tiles(shape, 128, _reach(params, 4, mode))
+    assert any(t.box[3] < shape[1] for t in plan.tiles)  # some window ends inside the image
+    s = focal_stack(fluorescence_image(shape, seed=3), n_slices=4, photons=200.0,
                     dtype=np.uint16, seed=3)
-    whole = mf.fuse(s.stack, "focusnet", mode)
-    tiled = mf.fuse(s.stack, "focusnet", mode, tile_size=128)
+    whole = mf.fuse(s.stack, "focusnet", mode, neighbourhood=hood)
+    tiled = mf.fuse(s.stack, "focusnet", mode, neighbourhood=hood, tile_size=128)
     assert np.abs(whole.image.astype(np.int64) - tiled.image).max() <= 1
     assert np.abs(whole.index_map - tiled.index_map).max() < 1e-4
 
