@@ -35,7 +35,6 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -181,8 +180,3 @@ def multiply_adds_per_pixel(channels=CHANNELS) -> float:
     return (9 * c0 / 4 + 9 * c0 * c1 / 16 + 9 * c1 * c2 / 16 + 9 * c2 * c3 / 16
             + 9 * c3 * c3 / 16 + c3 / 16)
 
-
-def as_tensor(x, device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=torch.float32)
-    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)

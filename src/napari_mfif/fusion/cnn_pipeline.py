@@ -245,7 +245,8 @@ def centre_border(levels: int) -> int:
     return (PATCH // 2) * 2 ** (levels - 1)
 
 
-def _tensor(x, device):
+def as_tensor(x, device):
+    """``x`` (numpy or torch) as a float32 tensor on ``device``."""
     import torch
 
     if isinstance(x, torch.Tensor):
@@ -286,7 +287,7 @@ def _focus_map(scorer, a, b, levels: int, spread: str = "patch"):
             logits.append(torch.logit(focus.clamp(1e-6, 1 - 1e-6)))
         return torch.sigmoid(sum(logits) / len(logits))
 
-    return _full_size(compute, [_tensor(a, scorer.device), _tensor(b, scorer.device)],
+    return _full_size(compute, [as_tensor(a, scorer.device), as_tensor(b, scorer.device)],
                       levels, spread)
 
 
@@ -307,7 +308,7 @@ def _slice_scores(scorer, x, levels: int, spread: str = "patch"):
             total = s if total is None else total + s
         return total / len(pyr)
 
-    return _full_size(compute, [_tensor(x, scorer.device)], levels, spread)
+    return _full_size(compute, [as_tensor(x, scorer.device)], levels, spread)
 
 
 def _pair_steps(scorer, a, b, *, threshold, area, radius, gf_eps, levels=1, spread="patch"):

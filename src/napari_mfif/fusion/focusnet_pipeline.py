@@ -30,7 +30,7 @@ from .._errors import MfifError
 from ..registry import Method, register_method
 from ..stack import blend, fuse_series, index_from_weights
 from ..tiles import Tiling
-from .cnn_pipeline import intensity_range, intensity_samples, normalise
+from .cnn_pipeline import as_tensor, intensity_range, intensity_samples, normalise
 
 DEFAULTS = {"weights": "", "neighbourhood": 32.0, "neighbourhood_weight": 0.5,
             "gf_radius": 0, "gf_eps": 0.01}
@@ -76,12 +76,12 @@ def _reduce_stats(parts, *, mode, **params):
     return {"span": intensity_range(parts)}
 
 
-def scores(net, g: np.ndarray, device, progress=None, total=None, neighbourhood=0.0,
+def scores(net, g: np.ndarray, device, progress=None, neighbourhood=0.0,
            neighbourhood_weight=0.0):
     """Full-size scores (Z, H, W) float32 of [0, 1] slices, batched by pixel count."""
     import torch
 
-    from ..focus.focusnet import as_tensor, slice_scores
+    from ..focus.focusnet import slice_scores
 
     z, h, w = g.shape
     n = max(1, BATCH_PIXELS // (h * w))
@@ -91,7 +91,7 @@ def scores(net, g: np.ndarray, device, progress=None, total=None, neighbourhood=
             out[k:k + n] = slice_scores(net, as_tensor(g[k:k + n], device), neighbourhood,
                                         neighbourhood_weight).cpu().numpy()
             if progress is not None:
-                progress(min(k + n, z), total or z + 1)
+                progress(min(k + n, z), z + 1)
     return out
 
 
@@ -116,7 +116,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, weights, neighbour
         neighbourhood_weight, gf_radius, gf_eps, context=None):
     import torch
 
-    from ..focus.focusnet import as_tensor, load, slice_scores
+    from ..focus.focusnet import load, slice_scores
 
     z, h, w = gray.shape
     check_size(h, w)
