@@ -54,7 +54,7 @@ SHAPE = (128, 128)
 #: first seed of each pool: disjoint from train.py's pools (100_000, 900_000), from the
 #: tests and from the benchmarks (< 10_000)
 SEED_BASE = {"train": 300_000, "heldout": 700_000}
-#: share of draws with no slice in focus, counted over all draws (flat stacks get 2.5x this)
+#: no slice in focus: a draw from a flat stack is one with probability 2.5x this (a half)
 OUT_OF_FOCUS = 0.2
 
 
@@ -177,18 +177,18 @@ def render_pool(split: str, seed: int = 0, scale: float = 1.0, log=None) -> list
 # drawing a training example
 
 
-def _camera(st, clean, rng):
-    """Noisy values of noise-free ``clean`` in the stack's camera units (float32), and the
-    expected (noise-free) value of the same: train._camera's model."""
-    from .train import SimStack, _camera as camera
+def _sim(st):
+    """A pool stack's camera as ``train.SimStack`` carries it (its kind and settings), for
+    ``train._camera``'s model and :func:`_expected`."""
+    from .train import SimStack
 
-    sim = SimStack(kind="brightfield" if st["camera_kind"] != "fluorescence" else "fluorescence",
-                   clean=None, sharp=None, depth=None, spacing=1.0, dof=1.0,
-                   camera=st["camera"], span=(0, 1), seed=0, optics={})
-    return camera(sim, clean, rng), _expected(sim, clean)
+    return SimStack(kind="brightfield" if st["camera_kind"] != "fluorescence" else "fluorescence",
+                    clean=None, sharp=None, depth=None, spacing=1.0, dof=1.0,
+                    camera=st["camera"], span=(0, 1), seed=0, optics={})
 
 
 def _expected(sim, clean):
+    """The camera's expected (noise-free) value of noise-free ``clean``, float32."""
     from .optics import _WHITE
 
     cam = sim.camera
@@ -205,7 +205,7 @@ def draw(st: dict, rng: np.random.Generator, out_of_focus: float = OUT_OF_FOCUS)
     """One training example from a pool stack: (slices (Z, Y, X), truth (Y, X), depth (Y, X)),
     slices and truth scaled to [0, 1] by the slices' (0.1, 99.9) percentiles as at
     inference, depth in the drawn slices' units (may lie outside them)."""
-    from .train import _dihedral
+    from .train import _camera, _dihedral
 
     clean, sharp, depth = st["clean"], st["sharp"], st["depth"]
     z = clean.shape[0]
@@ -225,8 +225,9 @@ def draw(st: dict, rng: np.random.Generator, out_of_focus: float = OUT_OF_FOCUS)
         chosen = ks[k0:k0 + n]
     if rng.random() < 0.5:
         chosen = chosen[::-1]
-    noisy, _ = _camera(st, clean[chosen], rng)
-    truth = _expected_truth(st, sharp)
+    sim = _sim(st)
+    noisy = _camera(sim, clean[chosen], rng)
+    truth = _expected(sim, sharp)
     lo, hi = (float(v) for v in np.percentile(noisy, [0.1, 99.9]))
     scale = 1.0 / (hi - lo) if hi > lo else 1.0
     t = int(rng.integers(8))
@@ -240,22 +241,12 @@ def draw(st: dict, rng: np.random.Generator, out_of_focus: float = OUT_OF_FOCUS)
             np.ascontiguousarray(d, np.float32))
 
 
-def _expected_truth(st, sharp):
-    from .train import SimStack
-
-    sim = SimStack(kind="brightfield" if st["camera_kind"] != "fluorescence" else "fluorescence",
-                   clean=None, sharp=None, depth=None, spacing=1.0, dof=1.0,
-                   camera=st["camera"], span=(0, 1), seed=0, optics={})
-    return _expected(sim, sharp)
-
-
 # ---------------------------------------------------------------------------------------
 # loss and evaluation
 
 
 def _texture(truth):
     """1 where the truth has texture (local gradient energy above a quarter of its mean)."""
-    import torch
     import torch.nn.functional as F
 
     gy = truth[1:, :] - truth[:-1, :]
