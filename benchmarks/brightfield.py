@@ -29,10 +29,9 @@ from scipy import ndimage as ndi
 
 import napari_mfif as mf
 from napari_mfif import metrics
-from napari_mfif.io import read_image
 from napari_mfif.registry import DEFAULT_METHOD
 from napari_mfif.synthetic import fringe_stack
-from _common import DATA, WBC_DIR, load_wbc_milab, machine, run, write_page
+from _common import WBC_DIR, load_algae, load_skeleton, load_wbc_milab, machine, run, write_page
 from quality import IMG, _colour, _save, _to8, table
 
 #: parameter variants compared as methods of their own: the CNN with the weights trained on
@@ -156,18 +155,18 @@ def _pictures(title, stack, slug, names):
 def other_stacks(quick):
     names = [DEFAULT_METHOD] + [m for m in ("sml", "cnn") if m != DEFAULT_METHOD] + list(VARIANTS)
     lines = []
-    algae = sorted((DATA / "microscopy_algae_brightfield").glob("img_*.png"))
-    if algae:
-        stack = np.stack([read_image(f) for f in algae])
+    algae = load_algae()
+    if algae is not None:
+        stack = algae["stack"]
         if quick:
             stack = stack[:, :512, :512]
         lines += _pictures("Algae (5 planes, objects at different depths)", stack, "algae",
                            names)
     else:
         lines += ["Algae: skipped (absent).", ""]
-    skeleton = DATA / "microscopy_edf_skeleton_zeiss" / "stack.tif"
-    if skeleton.exists():
-        lines += _pictures("EDF skeleton (3 slices)", read_image(skeleton), "skeleton", names)
+    skeleton = load_skeleton()
+    if skeleton is not None:
+        lines += _pictures("EDF skeleton (3 slices)", skeleton["stack"], "skeleton", names)
     else:
         lines += ["EDF skeleton: skipped (absent).", ""]
     return lines

@@ -40,6 +40,7 @@ VOC = DATA / "mf_voc_synthetic_gt_subset"
 #: the woven chair of one MF-VOC pair: sharp in A, blurred in B (rows, columns)
 MESH = ("2008_001439_1.jpg", (slice(10, 50), slice(155, 185)))
 BAND = 8  # px either side of the true boundary
+MODES = ("nway", "series")
 SEEDS = (21, 22)
 NARROW = {"gf_radius": 2, "gf_eps": 0.01}
 BOUNDARY = {"training": "boundary"}
@@ -101,13 +102,14 @@ def lytro_pairs():
 
 
 def measure(runs, pairs, lytro, seeds=SEEDS):
-    """Per run (label, method, params or {mode: params}) and mode: (row label, mean
-    (PSNR, SSIM) on the MF-VOC ``pairs`` (NaN without pairs), the synthetic cells and the
-    synthetic fluorescence of ``seeds``, mean Q_G on the ``lytro`` pairs (NaN without))."""
+    """Per run (label, method, params or {mode: params}) and mode (both modes, or those a
+    {mode: params} run names): (row label, mean (PSNR, SSIM) on the MF-VOC ``pairs`` (NaN
+    without pairs), the synthetic cells and the synthetic fluorescence of ``seeds``, mean Q_G
+    on the ``lytro`` pairs (NaN without))."""
     synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in seeds]
     rows = []
     for label, method, per_mode in runs:
-        for mode in ("nway", "series"):
+        for mode in [m for m in MODES if m in per_mode] or MODES:
             kw = params(per_mode, mode)
             t0 = time.perf_counter()
             voc = [(psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)) for f, gt in

@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from _common import DOCS, gt_stack, machine, psnr_capped, run, write_page  # noqa: E402
+from _common import DOCS, machine, run, write_page  # noqa: E402
 
 import napari_mfif as mf  # noqa: E402
 from napari_mfif import metrics  # noqa: E402
@@ -136,7 +136,7 @@ def simulated(cands, quick):
             refs[k].append(float(np.mean(ref[k])))
         print(f"  simulated {key} done", flush=True)
     rows = [[k] + [float(v) for v in vs] for k, vs in refs.items()]
-    lines += [f"Sets: " + "; ".join(f"`{key}`: {title}" for key, title, *_ in sim.SETS) + ".",
+    lines += ["Sets: " + "; ".join(f"`{key}`: {title}" for key, title, *_ in sim.SETS) + ".",
               ""]
     best = {c: max(results[label][c][0] for label in results) for c in range(len(sim.SETS))}
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -155,35 +155,24 @@ def simulated(cands, quick):
 
 
 def gaussian(cands, quick, n_voc):
-    from cnn_boundary import load_voc, lytro_pairs, qabf
-    from quality import SYNTH
+    from cnn_boundary import load_voc, lytro_pairs, measure
 
     pairs = load_voc(3 if quick else n_voc) if (_common.DATA / "mf_voc_synthetic_gt_subset"
                                                 ).is_dir() else []
     lytro = lytro_pairs()
     if quick:
         lytro = lytro[:2]
-    synth = [(case[0], gt_stack(*case, seed)) for case in SYNTH for seed in GT_SEEDS]
     lines = ["## Gaussian-blur ground truth", "",
              f"MF-VOC: {len(pairs)} pairs (PSNR capped at 60 dB / SSIM to the ground truth); "
              f"the synthetic cells and fluorescence of benchmarks/quality.py, seeds "
              f"{', '.join(map(str, GT_SEEDS))}; Q_G on {len(lytro)} Lytro pairs (published "
              "CNN: 0.7615).", ""]
-    rows = []
-    for label, method, mode, kw in cands:
-        t0 = time.perf_counter()
-        voc = [(psnr_capped(gt, f, 255), metrics.ssim(gt, f, 255)) for f, gt in
-               ((run(np.stack([a, b]), method, mode, channel_axis=-1, **kw).image, gt)
-                for _, a, b, gt in pairs)]
-        scene = {"cells": [], "fluorescence": []}
-        for kind, s in synth:
-            f = run(s.stack, method, mode, **kw).image
-            scene[kind].append(metrics.psnr(s.sharp, f, 4095))
-        q = float(np.mean([qabf(s, method, mode, kw) for s in lytro])) if lytro else float("nan")
-        v = np.mean(voc, axis=0) if voc else (float("nan"), float("nan"))
-        rows.append([label, float(v[0]), float(v[1]), float(np.mean(scene["cells"])),
-                     float(np.mean(scene["fluorescence"])), q])
-        print(f"  gaussian {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+    # cnn_boundary's measuring loop, each candidate in its own mode only, on the CPU
+    measured = measure([(label, method, {mode: {**kw, "device": "cpu"}})
+                        for label, method, mode, kw in cands],
+                       pairs, lytro, GT_SEEDS)
+    rows = [[label, float(voc[0]), float(voc[1]), float(cells[0]), float(fl[0]), float(q)]
+            for (label, *_), (_, (voc, cells, fl), q) in zip(cands, measured)]
     lines += _table(["run", "MF-VOC PSNR", "MF-VOC SSIM", "cells PSNR", "fluorescence PSNR",
                      "Lytro Q_G"], rows, best_cols=(1, 2, 3, 4, 5))
     return lines + [""], rows

@@ -33,13 +33,12 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
 def _fused(stack, grid, sigma, weight):
-    import torch
-
     from napari_mfif.focus.focusnet import upsample, with_neighbourhood
+    from napari_mfif.fusion.focusnet_pipeline import weights_from_scores
     from napari_mfif.stack import blend
 
     s = upsample(with_neighbourhood(grid, sigma, weight), stack.shape[1:3])
-    w = torch.softmax(s, dim=0).numpy()
+    w = weights_from_scores(s, None, 0, 0.0, "cpu")  # the method's softmax, no filter
     st = stack.astype(np.float32)
     f = blend(st if st.ndim == 4 else st[..., None], w)
     return f if stack.ndim == 4 else f[..., 0]
