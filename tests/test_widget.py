@@ -177,6 +177,33 @@ def test_widget_fuses_an_rgb_stack_layer(make_napari_viewer, qtbot):
     assert psnr(sharp, fused.data, 255) > max(psnr(sharp, sl, 255) for sl in rgb) + 3
 
 
+def test_widget_takes_the_z_axis_from_the_file(make_napari_viewer, qtbot, tmp_path,
+                                               notifications):
+    """A (Y, X, Z) TIFF whose axes say so opens through our reader with z axis 2 chosen,
+    and fuses to the same result as the (Z, Y, X) stack; a z-last layer with no axes is
+    refused at Run rather than fused across x."""
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=10, shape=(96, 96), dtype=np.uint16, seed=8)
+    path = tmp_path / "yxz.tif"
+    import tifffile
+
+    tifffile.imwrite(path, np.moveaxis(s.stack, 0, -1).copy(), metadata={"axes": "YXZ"})
+    (layer,) = viewer.open(path, plugin=PLUGIN)
+    widget = open_widget(viewer, FUSE)
+    assert widget.image.value is layer and widget.z_axis.value == 2
+    run_and_wait(qtbot, widget)
+    expected = mf.fuse(s.stack)
+    assert np.array_equal(viewer.layers["yxz fused"].data, expected.image)
+    assert np.allclose(viewer.layers["yxz height map"].data, expected.index_map)
+
+    plain = viewer.add_image(np.moveaxis(s.stack, 0, -1), name="plain")
+    widget.image.value = plain
+    widget.z_axis.value = 0
+    run_and_wait(qtbot, widget)
+    assert "plain fused" not in viewer.layers
+    assert any("(96, 96, 10)" in m and "the z axis box" in m for m in messages(notifications))
+
+
 def test_widget_fuses_2d_layers_in_layer_order(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     s = focal_stack(n_slices=3, shape=(64, 64), dtype=np.uint16, seed=6)

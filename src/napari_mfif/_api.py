@@ -11,8 +11,8 @@ from ._device import release, resolve_device
 from ._errors import MfifError
 from ._memory import check_stack
 from .registry import DEFAULT_METHOD, MODES, get_method
-from .stack import (as_stack, blend_with, channels_last, focus_gray, luminance, to_dtype,
-                    with_channel_axis)
+from .stack import (as_stack, blend_with, channels_last, check_z_layout, focus_gray, luminance,
+                    to_dtype, with_channel_axis, z_first)
 
 
 @dataclass
@@ -90,6 +90,7 @@ def fuse(
     channel_axis: int | None = None,
     focus_channel: Any = None,
     time_axis: int | None = None,
+    z_axis: int | None = None,
     align: str | None = None,
     align_frame: str = "crop",
     tile_size: int | None = None,
@@ -129,6 +130,12 @@ def fuse(
         The axis of a time series (e.g. 0 for (T, Z, Y, X)); each time point is fused on
         its own and the results are stacked along a leading time axis. ``channel_axis``
         then counts axes of the whole array.
+    z_axis : int, optional
+        The axis that holds the slices, e.g. 2 for a (Y, X, Z) stack; ``channel_axis`` and
+        ``time_axis`` count axes of the array as given. By default the slices are the
+        first axis that is neither time nor channels, and a 3-D stack whose last axis
+        looks like z (longer than 4 and much shorter than the others, such as 256 x 256 x
+        10) is refused rather than fused along the wrong axis.
     align : {None, "translation", "similarity"}
         Register the slices before fusing (off by default): shifts by cross-correlation,
         or also a scale change (focus breathing); one transform set for all channels.
@@ -170,6 +177,10 @@ def fuse(
             f"method {method!r} does not support mode {mode!r}; use one of: {', '.join(spec.modes)}"
         )
     resolved = spec.resolve_params(params)
+    if z_axis is None and channel_axis is None and time_axis is None \
+            and not isinstance(stack, (list, tuple)) and hasattr(stack, "shape"):
+        check_z_layout(tuple(stack.shape))  # (Y, X, Z) fused as (Z, Y, X) would be wrong
+    stack, channel_axis, time_axis = z_first(stack, z_axis, channel_axis, time_axis)
     if time_axis is not None:
         return _fuse_over_time(stack, time_axis, channel_axis, dict(
             method=method, mode=mode, device=device, progress=progress,

@@ -183,6 +183,7 @@ class _LayerJobWidget(Container):
         self.status = Label(value="")
 
         self.source.changed.connect(self._source_changed)
+        self.image.changed.connect(self._image_changed)
         self.method.changed.connect(self._method_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -195,6 +196,7 @@ class _LayerJobWidget(Container):
                      self.params, self.device, self.device_info, self.run_button,
                      self.cancel_button, self.status])
         self._source_changed(self.source.value)
+        self._image_changed(self.image.value)
         self._method_changed(self.method.value)
 
     # -- choices -------------------------------------------------------------------------
@@ -213,6 +215,17 @@ class _LayerJobWidget(Container):
     def _layers_changed(self, _event=None) -> None:
         self.image.reset_choices()
         self.slices.reset_choices()
+
+    def _image_changed(self, layer) -> None:
+        """Take the z axis from the layer's axes where its file named them (our reader
+        keeps tifffile's axes letters in the layer's metadata: "YXZ" puts z last)."""
+        if layer is None:
+            return
+        axes = (getattr(layer, "metadata", None) or {}).get("napari_mfif", {}).get("axes")
+        if isinstance(axes, str):
+            axes = axes.replace("S", "") if getattr(layer, "rgb", False) else axes
+            if len(axes) == layer.ndim and "Z" in axes:
+                self.z_axis.value = axes.index("Z")
 
     def _source_changed(self, value: str) -> None:
         stack = value == STACK
@@ -361,6 +374,10 @@ class FuseWidget(_LayerJobWidget):
         params = self.params.values(method)
         source = self.selected_input()
         z_step = self.z_step.value or None
+        if self.source.value == STACK and self.z_axis.value == 0 and source is not None:
+            from .stack import check_z_layout
+
+            check_z_layout(tuple(source.data.shape), "the z axis box")
         stack, geometry, first = _layers._source(source, self.z_axis.value, z_step)
         limits = None if first.rgb else first.contrast_limits
         mode, device, weights = self.mode.value, self.device.value, self.add_weights.value
@@ -374,7 +391,9 @@ class FuseWidget(_LayerJobWidget):
             from ._api import apply_fusion
 
             result = fuse(stack, method=method, mode=mode, device=device, progress=progress,
-                          return_weights=weights or bool(others), align=align, **params)
+                          return_weights=weights or bool(others), align=align,
+                          z_axis=0 if stack is not None and hasattr(stack, "ndim") else None,
+                          **params)
             applied = [apply_fusion(other, result) for other in other_stacks]
             if not weights:
                 result.weights = None

@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fuse",
         help="fuse a focal stack",
         description=(
-            "Fuse a focal stack. INPUT is one multi-page TIFF (slices along the first axis, "
-            "RGB last allowed) or two or more image files (TIFF, PNG, JPEG, BMP; read by "
-            "content) taken as slices in the given order."
+            "Fuse a focal stack. INPUT is one multi-page TIFF (slices along the axis its "
+            "metadata names Z, else the first; RGB last allowed) or two or more image files "
+            "(TIFF, PNG, JPEG, BMP; read by content) taken as slices in the natural order of "
+            "their names (plane_2 before plane_10; signed z offsets such as tile_-0.45 in "
+            "the order of z), or in the order given with --keep-order."
         ),
     )
     fuse.add_argument("inputs", nargs="*", metavar="INPUT", help="the stack or its slices")
@@ -92,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--focus-channel", default=None, metavar="N|W,W,...",
                       help="judge focus on this channel (e.g. DAPI), or on these per-channel "
                            "weights; the decision is applied to every channel")
+    fuse.add_argument("--z-axis", type=int, default=None, metavar="N",
+                      help="the axis holding the slices, e.g. 2 for (Y, X, Z); read from the "
+                           "TIFF's axes when it names them (default: the first axis that is "
+                           "neither channels nor time)")
+    fuse.add_argument("--keep-order", action="store_true",
+                      help="take several input files as slices in the order given, not in "
+                           "the natural order of their names")
     fuse.add_argument("--time-axis", type=int, default=None, metavar="N",
                       help="the axis of a time series, fused per time point (read from the "
                            "TIFF's axes when it names them)")
@@ -213,13 +222,16 @@ def _stack_header(io, inputs: Sequence[str]) -> tuple[tuple[int, ...], str] | No
 
 
 def _layout(args, info) -> dict:
-    """``channel_axis`` and ``time_axis`` for fuse(): as given, or from the axes a single
-    TIFF names (``info``, its tags: ImageJ and OME hyperstacks: T, Z, C), else None."""
-    layout = {"channel_axis": args.channel_axis, "time_axis": args.time_axis}
+    """``channel_axis``, ``time_axis`` and ``z_axis`` for fuse(): as given, or from the axes
+    a single TIFF names (``info``, its tags: ImageJ and OME hyperstacks, tifffile's shaped
+    TIFFs: T, Z, C), else None (z: where it is not the first axis that is neither channels
+    nor time, which fuse() takes by default)."""
+    layout = {"channel_axis": args.channel_axis, "time_axis": args.time_axis,
+              "z_axis": args.z_axis}
     given = any(v is not None for v in layout.values())
     if given and len(args.inputs) != 1:
-        raise MfifError("--channel-axis and --time-axis apply to one multi-page TIFF, not to "
-                        "several files")
+        raise MfifError("--channel-axis, --time-axis and --z-axis apply to one multi-page TIFF, "
+                        "not to several files")
     if given or len(args.inputs) != 1 or info is None:
         return layout
     axes = info.axes
@@ -228,7 +240,48 @@ def _layout(args, info) -> dict:
             layout["channel_axis"] = axes.index("C")
         if "T" in axes:
             layout["time_axis"] = axes.index("T")
+    if "Z" in axes:
+        first = next(i for i, a in enumerate(axes) if a not in "CTS")
+        if axes.index("Z") != first:
+            layout["z_axis"] = axes.index("Z")
     return layout
+
+
+def _check_slice_axis(args, info, shape) -> None:
+    """Refuse a single-file stack of ``shape`` whose slice axis only a guess could tell:
+    no axis given or named Z by the file, and a last axis that looks like z (see
+    stack.looks_like_z_last)."""
+    from .stack import check_z_layout
+
+    if len(args.inputs) != 1 or args.z_axis is not None or args.channel_axis is not None \
+            or args.time_axis is not None or (info is not None and "Z" in info.axes):
+        return
+    check_z_layout(tuple(shape), "--z-axis")
+
+
+def _with_known_z(args, info, layout: dict) -> dict:
+    """``layout`` with ``z_axis=0`` where the slices are known to be the first axis (several
+    files; a TIFF whose axes name Z first), so that fuse() does not question the shape."""
+    if all(v is None for v in layout.values()) and (
+            len(args.inputs) > 1 or (info is not None and "Z" in info.axes)):
+        return dict(layout, z_axis=0)
+    return layout
+
+
+def _print_slice_order(args) -> None:
+    """The slice files in the order fused, for the user to check (several files only)."""
+    if len(args.inputs) > 1:
+        how = "as given" if args.keep_order else "natural order of the names"
+        print(f"slices ({how}): {_slice_order(args.inputs)}")
+
+
+def _slice_order(inputs: Sequence[str]) -> str:
+    """The input files in slice order, for the user to check: all names up to 8, else the
+    first three and the last two."""
+    names = [Path(p).name for p in inputs]
+    if len(names) > 8:
+        names = names[:3] + [f"... ({len(inputs) - 5} more)"] + names[-2:]
+    return ", ".join(names)
 
 
 def _z_step_um(args, info) -> float:
@@ -247,13 +300,16 @@ def _z_step_um(args, info) -> float:
 
 
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
-                    time_axis: int | None) -> tuple[int, ...]:
+                    time_axis: int | None, z_axis: int | None = None) -> tuple[int, ...]:
     """The (Z, Y, X[, C]) shape one fuse() call works on, for the memory check."""
     axes = list(range(len(shape)))
     t = None if time_axis is None else axes[time_axis]
     c = None if channel_axis is None else axes[channel_axis]
-    rest = [shape[i] for i in axes if i not in (t, c)]
-    return tuple(rest + ([shape[c]] if c is not None else []))
+    z = None if z_axis is None else axes[z_axis]
+    rest = [i for i in axes if i not in (t, c)]
+    if z in rest:
+        rest = [z] + [i for i in rest if i != z]
+    return tuple([shape[i] for i in rest] + ([shape[c]] if c is not None else []))
 
 
 def _focus_channel(text: str | None):
@@ -294,9 +350,13 @@ def _cmd_fuse(args) -> int:
         io.check_output(out, overwrite=args.overwrite)
 
     start = time.perf_counter()
+    if len(args.inputs) > 1 and not args.keep_order:
+        args.inputs = io.natural_sorted(args.inputs)
     info = _first_tiff_info(io, args.inputs)
     layout = _layout(args, info)
     header = _stack_header(io, args.inputs)
+    if header is not None:
+        _check_slice_axis(args, info, header[0])
     tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
                                          args.scheduler)) or args.pyramid
     if header is not None and not tiled:  # too large for memory: say so before reading
@@ -319,10 +379,16 @@ def _cmd_fuse(args) -> int:
         from .align import common_frame
 
         stack = common_frame(stack, rule=args.align_frame)[0]
+    if header is None:
+        _check_slice_axis(args, info, stack.shape)
+    if not args.align and not args.quiet and layout["channel_axis"] is None \
+            and layout["time_axis"] is None:
+        _warn_if_shifted(stack if layout["z_axis"] is None
+                         else np.moveaxis(stack, layout["z_axis"], 0))
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device,
                   focus_channel=_focus_channel(args.focus_channel), align=args.align,
-                  align_frame=args.align_frame, **layout, **params)
+                  align_frame=args.align_frame, **_with_known_z(args, info, layout), **params)
     pixel = _pixel_size(io, info, outputs[0])
     height = result.index_map
     if args.height_map and args.height_units == "um":
@@ -339,11 +405,18 @@ def _cmd_fuse(args) -> int:
         raise
     if not args.quiet:
         elapsed = time.perf_counter() - start
-        if any(v is not None for v in layout.values()):
+        if layout["z_axis"] is not None and layout["channel_axis"] is None \
+                and layout["time_axis"] is None and stack.ndim == 3:
+            z = layout["z_axis"] % 3
+            h, w = (n for i, n in enumerate(stack.shape) if i != z)
+            what = (f"{stack.shape[z]} slices of {h}x{w} {stack.dtype} (z axis {z} of "
+                    f"{'x'.join(str(n) for n in stack.shape)})")
+        elif any(v is not None for v in layout.values()):
             what = f"a {'x'.join(str(n) for n in stack.shape)} {stack.dtype} stack"
         else:
             what = f"{stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} {stack.dtype}"
         print(f"fused {what} with {method} ({args.mode}, {result.device}) in {elapsed:.1f} s")
+        _print_slice_order(args)
         alignments = result.alignment if isinstance(result.alignment, list) else [result.alignment]
         for alignment in alignments:
             if alignment is not None:
@@ -352,6 +425,19 @@ def _cmd_fuse(args) -> int:
         if args.height_map:
             print(f"height map:  {outputs[1].resolve()}")
     return EXIT_OK
+
+
+def _warn_if_shifted(stack) -> None:
+    """Say on stderr when the slices are visibly shifted against each other (a cheap
+    check on a reduced copy, align.visible_shift), naming --align."""
+    from .align import visible_shift
+
+    shift = visible_shift(stack)
+    if shift is not None:
+        print(f"napari-mfif: warning: the slices are shifted by up to {shift:.0f} px against "
+              "each other (stage drift or a handheld camera), which doubles edges in the "
+              "fused image; fuse with --align translation to register them first",
+              file=sys.stderr, flush=True)
 
 
 class _TileBar:
@@ -424,8 +510,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
         raise MfifError("--align needs the whole stack in memory; it cannot run tile by tile")
     if any(v is not None for v in layout.values()):
         raise MfifError("tile by tile, the input is one (Z, Y, X) or (Z, Y, X, RGB) stack; "
-                        "--channel-axis, --time-axis and TIFF hyperstacks with C or T axes "
-                        "are not supported with tiles")
+                        "--channel-axis, --time-axis, --z-axis and TIFF hyperstacks with C or "
+                        "T axes or z not first are not supported with tiles")
     if args.focus_channel is not None:
         raise MfifError("--focus-channel is not supported with tiles (focus is judged on the "
                         "luminance)")
@@ -441,6 +527,7 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
         raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
     tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
     source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    _check_slice_axis(args, info, source.shape)
     z, h, w = source.shape[:3]
     if spec.name == "cnn":
         from .fusion.cnn_pipeline import check_size
@@ -498,6 +585,7 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
               f"{device}) in {elapsed:.1f} s: {plan.n_tiles} tiles of {plan.tile} px, overlap "
               f"{plan.overlap} px, {run.passes} pass{'es' if run.passes > 1 else ''}, "
               f"{run.workers} worker{'s' if run.workers > 1 else ''}")
+        _print_slice_order(args)
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
             print(f"height map:  {outputs[1].resolve()}")

@@ -18,6 +18,7 @@ import functools
 import logging
 import math
 import os
+import re
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -206,6 +207,43 @@ class _ClampedReads:
 
     def __getattr__(self, name):  # seek, tell, ...
         return getattr(self._file, name)
+
+
+# -- slice order -----------------------------------------------------------------------------
+
+#: a number in a file name: digits with an optional decimal part, negative where a minus
+#: sign follows something other than a letter, digit or dot ("z_-0.45" is -0.45; "plane-2"
+#: is plane 2, its hyphen a separator)
+_NUMBER = re.compile(r"(?:(?<![0-9A-Za-z.])-)?\d+(?:\.\d+)?")
+
+
+def natural_key(path: str | os.PathLike) -> tuple:
+    """The sort key of a slice file in :func:`natural_sorted` order: its name split into
+    text (compared case-blind) and numbers (compared by value, signed and decimal)."""
+    name = Path(path).name
+    key, at = [], 0
+    for m in _NUMBER.finditer(name):
+        if m.start() > at:
+            key.append((1, 0.0, name[at:m.start()].lower()))
+        key.append((0, float(m.group()), ""))
+        at = m.end()
+    if at < len(name):
+        key.append((1, 0.0, name[at:].lower()))
+    return (tuple(key), os.fspath(path))
+
+
+def natural_sorted(paths: Sequence[str | os.PathLike]) -> list:
+    """``paths`` in the natural order of their file names: numbers by value, so
+    ``plane_2`` comes before ``plane_10`` (a shell's ``plane_*.jpg`` gives plane_1,
+    plane_10, plane_2, ...), and signed z offsets such as ``tile_-0.45.tif``, ``tile_0.tif``
+    and ``tile_7.97.tif`` in the order of z.
+
+    >>> natural_sorted(["plane_10.jpg", "plane_2.jpg", "plane_1.jpg"])
+    ['plane_1.jpg', 'plane_2.jpg', 'plane_10.jpg']
+    >>> natural_sorted(["z_7.9.tif", "z_-0.45.tif", "z_0.tif", "z_-19.9.tif"])
+    ['z_-19.9.tif', 'z_-0.45.tif', 'z_0.tif', 'z_7.9.tif']
+    """
+    return sorted(paths, key=natural_key)
 
 
 @_quiet

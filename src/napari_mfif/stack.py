@@ -95,6 +95,62 @@ def _looks_like_one_rgb_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] >= 16 and shape[1] >= 16
 
 
+def looks_like_z_last(shape: tuple[int, ...]) -> bool:
+    """True for a (A, B, C[, colour]) shape whose last spatial axis looks like the slices of
+    a (Y, X, Z) stack rather than the width of a (Z, Y, X) one: longer than a colour axis
+    (4), shorter than the first axis and at most half the second. A (Z, Y, X) stack has
+    images much wider than that; (256, 256, 10) is ten slices of 256 x 256 laid out last,
+    not 256 slices 10 px wide."""
+    if len(shape) not in (3, 4):
+        return False
+    a, b, c = (int(n) for n in shape[:3])
+    return c > 4 and c < a and 2 * c <= b
+
+
+def check_z_layout(shape: tuple[int, ...], option: str = "z_axis") -> None:
+    """Refuse a stack whose slice axis cannot be told from its shape (see
+    :func:`looks_like_z_last`), naming the ``option`` that says which axis it is."""
+    if looks_like_z_last(shape):
+        raise MfifError(
+            f"cannot tell which axis holds the slices of a {_shape_str(shape)} stack (the last "
+            f"axis looks like z); say which axis with {option} (0 for (Z, Y, X), 2 for "
+            "(Y, X, Z))"
+        )
+
+
+def z_first(stack: Any, z_axis: int | None, channel_axis: int | None = None,
+            time_axis: int | None = None) -> tuple[Any, int | None, int | None]:
+    """``stack`` with its z axis (the slices) moved first (numpy or dask; a view), and the
+    channel and time axes renumbered to match: ``(stack, channel_axis, time_axis)``.
+    ``z_axis`` None leaves everything as it is."""
+    if z_axis is None:
+        return stack, channel_axis, time_axis
+    if isinstance(stack, (list, tuple)) or not hasattr(stack, "ndim"):
+        raise MfifError("z_axis needs the stack as one array, not a list of slices")
+    ndim = stack.ndim
+    if not isinstance(z_axis, (int, np.integer)) or isinstance(z_axis, bool) \
+            or not -ndim <= z_axis < ndim:
+        raise MfifError(f"z_axis {z_axis!r} does not exist in a {ndim}-D stack "
+                        f"(0 to {ndim - 1})")
+    z = int(z_axis) % ndim
+    order = [z] + [i for i in range(ndim) if i != z]
+
+    def renumber(axis, name):
+        if axis is None:
+            return None
+        if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+            raise MfifError(f"{name} {axis!r} does not exist in a {ndim}-D stack")
+        if int(axis) % ndim == z:
+            raise MfifError(f"z_axis and {name} name the same axis")
+        return order.index(int(axis) % ndim)
+
+    channel_axis = renumber(channel_axis, "channel_axis")
+    time_axis = renumber(time_axis, "time_axis")
+    if z == 0:
+        return stack, channel_axis, time_axis
+    return np.moveaxis(stack, z, 0), channel_axis, time_axis
+
+
 def as_stack(stack: Any) -> np.ndarray:
     """Check a focal stack and return it as a (Z, Y, X) or (Z, Y, X, C) numpy array.
 
