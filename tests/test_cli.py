@@ -99,7 +99,7 @@ def _bad_cases(tmp, stack_path):
         "bad param": ([stack_path, "-p", "radius=3"], "no parameter 'radius'"),
         "missing out dir": ([stack_path, "-o", tmp / "no" / "f.tif"], "does not exist"),
         "existing output": ([stack_path, "-o", exists], "exists"),
-        "16-bit to png": ([stack_path, "-o", tmp / "f.png"], "8-bit images only"),
+        "16-bit to jpeg": ([stack_path, "-o", tmp / "f.jpg"], "JPEG holds 8-bit images only"),
         "output is input": ([stack_path, "-o", stack_path, "--overwrite"], "one of the inputs"),
         "bad flag": ([stack_path, "--frobnicate"], "unrecognized arguments"),
     }
@@ -107,7 +107,7 @@ def _bad_cases(tmp, stack_path):
 
 @pytest.mark.parametrize("case", [
     "single 2-D image", "different shapes", "empty list", "non-image file", "missing file",
-    "unknown method", "bad param", "missing out dir", "existing output", "16-bit to png",
+    "unknown method", "bad param", "missing out dir", "existing output", "16-bit to jpeg",
     "output is input", "bad flag",
 ])
 def test_bad_input_gives_one_line_and_no_output(tiff_stack, tmp_path, case):

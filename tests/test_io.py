@@ -92,15 +92,38 @@ def test_single_channel_is_written_as_grey(tmp_path):
     assert np.array_equal(tifffile.imread(tmp_path / "out.tif"), image[..., 0])
 
 
-def test_png_and_jpeg_are_eight_bit_only(tmp_path):
+def test_png_holds_8_and_16_bits_and_jpeg_8(tmp_path):
     rgb = np.random.default_rng(4).integers(0, 255, (10, 12, 3), dtype=np.uint8)
     write_image(tmp_path / "out.png", rgb)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), rgb)
     write_image(tmp_path / "out.jpg", rgb)
     assert np.asarray(Image.open(tmp_path / "out.jpg")).shape == rgb.shape
-    with pytest.raises(MfifError, match="8-bit images only"):
-        write_image(tmp_path / "deep.png", rgb.astype(np.uint16))
-    assert not (tmp_path / "deep.png").exists()
+    with pytest.raises(MfifError, match="JPEG holds 8-bit images only"):
+        write_image(tmp_path / "deep.jpg", rgb.astype(np.uint16))
+    with pytest.raises(MfifError, match="PNG holds 8-bit and 16-bit images only .* float32"):
+        write_image(tmp_path / "float.png", rgb.astype(np.float32))
+    assert not (tmp_path / "deep.jpg").exists() and not (tmp_path / "float.png").exists()
+
+
+@pytest.mark.parametrize("shape", [(10, 12), (10, 12, 3), (10, 12, 4)])
+def test_16_bit_png_round_trip_keeps_every_bit(tmp_path, shape):
+    deep = np.random.default_rng(5).integers(0, 65536, shape, dtype=np.uint16)
+    write_image(tmp_path / "deep.png", deep)
+    back = read_image(tmp_path / "deep.png")
+    assert back.dtype == np.uint16 and np.array_equal(back, deep)
+    if len(shape) == 2:  # an independent reader agrees
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "deep.png")), deep)
+
+
+def test_16_bit_colour_png_is_read_at_16_bits(tmp_path):
+    """Pillow reads a 48-bit PNG as 8-bit RGB; the reader keeps the low byte."""
+    import imagecodecs
+
+    deep = np.random.default_rng(6).integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    (tmp_path / "camera.png").write_bytes(imagecodecs.png_encode(deep))
+    assert np.asarray(Image.open(tmp_path / "camera.png")).dtype == np.uint8  # what Pillow does
+    back = read_image(tmp_path / "camera.png")
+    assert back.dtype == np.uint16 and np.array_equal(back, deep)
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path):

@@ -248,23 +248,41 @@ def test_refuses_what_it_cannot_read_by_region(tmp_path, stack16):
     cases["channels"] = tmp_path / "channels.tif"
     tifffile.imwrite(cases["channels"], np.zeros((2, 3, 20, 30), np.uint16), imagej=True,
                      metadata={"axes": "ZCYX"})
-    cases["LZW"] = tmp_path / "lzw.tif"  # tifffile writes no LZW without imagecodecs
-    tifffile.imwrite(cases["LZW"], stack16, photometric="minisblack")
-    data = bytearray(cases["LZW"].read_bytes())
-    with tifffile.TiffFile(cases["LZW"]) as tif:
+    cases["unknown codec"] = tmp_path / "codec.tif"  # a compression code no library knows
+    tifffile.imwrite(cases["unknown codec"], stack16, photometric="minisblack")
+    data = bytearray(cases["unknown codec"].read_bytes())
+    with tifffile.TiffFile(cases["unknown codec"]) as tif:
         for page in tif.pages:
-            struct.pack_into("<H", data, page.tags["Compression"].valueoffset, 5)
-    cases["LZW"].write_bytes(bytes(data))
+            struct.pack_into("<H", data, page.tags["Compression"].valueoffset, 61234)
+    cases["unknown codec"].write_bytes(bytes(data))
     cases["not a TIFF"] = tmp_path / "text.tif"
     cases["not a TIFF"].write_text("hello")
     expected = {"int32": "int32", "single image": "single image", "planar RGB": "separate planes",
-                "channels": "(Z, Y, X)", "LZW": "imagecodecs", "not a TIFF": "not a TIFF"}
+                "channels": "(Z, Y, X)", "unknown codec": "compression code 61234 is not one tifffile reads",
+                "not a TIFF": "not a TIFF"}
     for name, path in cases.items():
         with pytest.raises(MfifError) as error:
             TiffStackSource.open(path)
         assert expected[name] in _one_line(error), name
     with pytest.raises(MfifError, match="not found"):
         TiffStackSource.open(tmp_path / "missing.tif")
+
+
+@pytest.mark.parametrize("compression, tile", [("lzw", None), ("lzw", (64, 64)),
+                                               ("zstd", (64, 64)), ("jpeg", None)])
+def test_compressed_tiff_is_read_by_region(tmp_path, stack16, compression, tile):
+    """LZW (how ImageJ, ZEN and many scanners write), zstd and JPEG through imagecodecs, a
+    dependency: every window equals the same window of the whole stack."""
+    data = stack16 if compression != "jpeg" else (stack16 >> 8).astype(np.uint8)
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", compression=compression, tile=tile)
+    whole = tifffile.imread(path)
+    if compression != "jpeg":  # lossless
+        assert np.array_equal(whole, data)
+    source = TiffStackSource.open(path)
+    assert source.shape == data.shape and source.dtype == data.dtype
+    for z in range(data.shape[0]):
+        assert np.array_equal(source.read(z, 13, 77, 5, 101), whole[z, 13:77, 5:101])
 
 
 def test_truncated_and_changed_files(tmp_path, stack16):

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument("inputs", nargs="*", metavar="INPUT", help="the stack or its slices")
     fuse.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                      help="fused image: .tif (any dtype) or .png/.jpg (8-bit); keeps the input dtype")
+                      help="fused image: .tif (any dtype), .png (8 or 16-bit) or .jpg (8-bit); keeps "
+                           "the input dtype")
     fuse.add_argument("--method", default=None, help="fusion method (see 'napari-mfif methods')")
     fuse.add_argument("--mode", default="nway", choices=("series", "nway"),
                       help="nway: all slices at once (default); series: two at a time, in order")

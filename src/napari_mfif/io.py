@@ -54,7 +54,7 @@ def _quiet(function):
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-#: output extension -> format name; TIFF takes any dtype, the others 8-bit only
+#: output extension -> format name; TIFF takes any dtype, PNG 8 and 16 bits, JPEG 8 bits
 _FORMATS = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 #: The most image data can shrink in a TIFF, by compression code: not at all uncompressed,
@@ -165,6 +165,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if array is None or np.asarray(array).size == 0:
             raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
         return np.asarray(array)
+    if _png_bit_depth(path) == 16:
+        return _read_png16(path)
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -187,6 +189,42 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise MfifError(f"cannot read image file {path}: {_first_line(exc)}") from None
     if array.dtype == np.int32 and array.size and array.min() >= 0 and array.max() < 65536:
         array = array.astype(np.uint16)  # Pillow's "I" mode for 16-bit PNGs
+    return array
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth a PNG file's header declares, or None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """A 16-bit PNG (grey, grey + alpha, RGB or RGBA) as uint16, through imagecodecs:
+    Pillow reads 16-bit colour PNGs as 8-bit, which would lose the low byte."""
+    import imagecodecs
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        head = f.read(24)
+    width, height = struct.unpack(">II", head[16:24])
+    if width * height > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow sets other files
+        raise MfifError(
+            f"cannot read image file {path}: it declares more pixels than Pillow opens "
+            f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
+        )
+    try:
+        array = imagecodecs.png_decode(path.read_bytes())
+    except Exception as exc:  # imagecodecs raises its own error types for damaged files
+        raise MfifError(f"cannot read image file {path}: {_first_line(exc)}") from None
+    array = np.asarray(array)
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))
     return array
 
 
@@ -715,6 +753,10 @@ def _byte_size(n: int) -> str:
     return f"{n} bytes"
 
 
+#: the dtypes each output format holds (TIFF: any)
+_FORMAT_DTYPES = {"PNG": (np.dtype(np.uint8), np.dtype(np.uint16)), "JPEG": (np.dtype(np.uint8),)}
+
+
 def output_format(path: str | os.PathLike) -> str:
     """The format an output path asks for, from its extension."""
     suffix = Path(path).suffix.lower()
@@ -723,7 +765,8 @@ def output_format(path: str | os.PathLike) -> str:
     except KeyError:
         raise MfifError(
             f"cannot write {Path(path).name}: unsupported output extension "
-            f"{suffix or '(none)'!r}; use .tif/.tiff (any dtype), .png or .jpg (8-bit)"
+            f"{suffix or '(none)'!r}; use .tif/.tiff (any dtype), .png (8 or 16-bit) or .jpg "
+            "(8-bit)"
         ) from None
 
 
@@ -732,9 +775,10 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False,
     """Check before any work that ``path`` can be written; return it as a Path."""
     path = Path(path)
     fmt = output_format(path)
-    if dtype is not None and fmt != "TIFF" and np.dtype(dtype) != np.uint8:
+    if dtype is not None and np.dtype(dtype) not in _FORMAT_DTYPES.get(fmt, (np.dtype(dtype),)):
+        holds = "8-bit and 16-bit" if fmt == "PNG" else "8-bit"
         raise MfifError(
-            f"{fmt} holds 8-bit images only and this result is {np.dtype(dtype)}; write a "
+            f"{fmt} holds {holds} images only and this result is {np.dtype(dtype)}; write a "
             ".tif instead (no rescaling is done)"
         )
     parent = path.parent if str(path.parent) else Path(".")
@@ -754,7 +798,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
                 unit: str | Sequence[str | None] | None = None, stack: bool = False) -> Path:
     """Write ``image`` atomically to ``path`` in the format its extension names.
 
-    TIFF keeps any dtype; PNG and JPEG take uint8 only (JPEG at quality 95). A (Y, X, 3|4)
+    TIFF keeps any dtype; PNG takes uint8 and uint16, JPEG uint8 only (at quality 95). A (Y, X, 3|4)
     array is written as RGB(A). No rescaling is done. An existing file is kept unless
     ``overwrite=True``; on any failure no file is left behind.
 
@@ -949,6 +993,15 @@ def _encode(target: str, image: np.ndarray, fmt: str, metadata: dict | None,
         raise MfifError(f"{fmt} takes gray or RGB(A) images, not shape {image.shape}")
     if fmt == "JPEG" and rgb and image.shape[-1] == 4:
         raise MfifError("JPEG has no alpha channel; write a .png or .tif instead")
+    if image.dtype not in _FORMAT_DTYPES[fmt]:
+        raise MfifError(f"{fmt} does not hold {image.dtype} images; write a .tif instead (no "
+                        "rescaling is done)")
+    if image.dtype == np.uint16:  # Pillow writes 16-bit grey PNG only; imagecodecs all kinds
+        import imagecodecs
+
+        with open(target, "wb") as f:
+            f.write(imagecodecs.png_encode(np.ascontiguousarray(image)))
+        return
     kwargs = {"quality": 95} if fmt == "JPEG" else {}
     Image.fromarray(image).save(target, format=fmt, **kwargs)
 
