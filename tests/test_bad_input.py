@@ -3,8 +3,8 @@
 Each case of issue 9's list is made once (arrays, files, layers) and sent through each
 surface that can receive it. A refused case must give one sentence naming the problem (an
 MfifError from the API, exit status 2 and one stderr line from the CLI, a notification in
-napari) and write or add nothing. A valid corner case (flat slices, a 1 x 1 image with a
-classic method) must give a correct result. docs/errors.md lists these cases and messages; a
+napari) and write or add nothing. A valid corner case (flat slices) must give a correct
+result. docs/errors.md lists these cases and messages; a
 test below keeps it in step.
 """
 
@@ -105,8 +105,10 @@ CASES: dict[str, Case] = {
                         expect=np.full((24, 24), 37, np.uint16)),
     "flat slices, cnn": Case("", array=np.full((3, 24, 24), 37, np.uint16), method="cnn",
                              expect=np.full((24, 24), 37, np.uint16)),
-    "1 x 1 image": Case("", array=np.array([[[3]], [[9]], [[5]]], np.uint8),
-                        expect=None),  # any value of a slice is right for one pixel
+    "1 x 1 image": Case("judging focus needs at least 8 x 8",
+                        array=np.array([[[3]], [[9]], [[5]]], np.uint8)),
+    "slices smaller than 8 x 8": Case("the slices are 7 x 24 pixels",
+                                      array=texture[:, :7, :]),
     "smaller than a CNN patch": Case("judges 16 x 16 patches", array=texture[:, :10, :12],
                                      method="cnn"),
     "truncated TIFF": Case("cannot read TIFF file", files=_truncated),

@@ -259,3 +259,36 @@ def test_reading_leaves_read_only_inputs_untouched(tmp_path, monkeypatch):
     inputs = {os.fspath(tif), os.fspath(png)}
     modes = {mode for file, mode in opened if file in inputs}
     assert modes and all(set(mode) <= set("rb") for mode in modes), modes
+
+
+def test_tiff_written_page_by_page_is_a_stack(tmp_path):
+    """Each page its own series (TiffWriter.write once per slice): the pages are the
+    slices, through every reader, the tiled path and the command line."""
+    from napari_mfif.cli import main
+    from napari_mfif.slide_io import TiffStackSource
+
+    import napari_mfif as mf
+    from napari_mfif.synthetic import focal_stack
+
+    s = focal_stack(n_slices=5, shape=(64, 80), dtype=np.uint16, seed=21)
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for plane in s.stack:
+            tif.write(plane)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == 5  # what tifffile itself makes of it
+    assert np.array_equal(read_image(path), s.stack)
+    assert np.array_equal(read_stack(path), s.stack)
+    assert np.array_equal(read_lazy(path).compute(), s.stack)
+    source = TiffStackSource.open(path)
+    assert source.shape == s.stack.shape and np.array_equal(source.read(3, 0, 64, 0, 80), s.stack[3])
+    out = tmp_path / "fused.tif"
+    assert main(["fuse", str(path), "-o", str(out), "-q"]) == 0
+    assert np.array_equal(tifffile.imread(out), mf.fuse(s.stack).image)
+    # pages of different shapes are not one stack: the first image alone, refused as such
+    mixed = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(mixed) as tif:
+        tif.write(s.stack[0])
+        tif.write(s.stack[1, :32])
+    with pytest.raises(MfifError, match="single image"):
+        read_stack(mixed)

@@ -109,11 +109,12 @@ def _slide_levels(path: Path):
     import numpy as np
     import tifffile
 
+    from .io import _first_series
     from .slide_io import TiffStackSource, _Slice, _stamp, as_dask
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series = _first_series(path, tif)
             levels = list(series.levels)
             page = series.keyframe
             rgb = series.ndim == 3 and series.shape[-1] in (3, 4)

@@ -118,11 +118,34 @@ def _open_tiff(path: Path):
     return tifffile.TiffFile(path)
 
 
+#: the ``kind`` of the series :func:`_first_series` makes of pages written one by one
+PAGES_AS_SLICES = "pages as slices"
+
+
 def _first_series(path: Path, tif):
-    """The first image series of an open TIFF file (the image :func:`read_image` returns)."""
+    """The first image series of an open TIFF file (the image :func:`read_image` returns).
+
+    A file written page by page, each page its own series (tifffile's ``TiffWriter.write``
+    called once per slice, and other writers that leave the pages unrelated), is one series
+    of all its pages, axes ``I`` + the page's, when every page is a 2-D or RGB image of one
+    shape and dtype: its pages are the slices."""
     if not tif.series:
         raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
-    return tif.series[0]
+    first = tif.series[0]
+    if len(tif.series) < 2 or len(first.pages) != 1 or not (
+            first.ndim == 2 or (first.ndim == 3 and first.axes.endswith("S"))):
+        return first
+    pages = []
+    for series in tif.series:
+        if (len(series.pages) != 1 or tuple(series.shape) != tuple(first.shape)
+                or series.dtype != first.dtype or series.axes != first.axes
+                or series.pages[0] is None):
+            return first
+        pages.append(series.pages[0])
+    import tifffile
+
+    return tifffile.TiffPageSeries(pages, (len(pages), *first.shape), first.dtype,
+                                   "I" + first.axes, parent=tif, kind=PAGES_AS_SLICES)
 
 
 @_quiet
@@ -157,7 +180,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             with _open_tiff(path) as tif:  # what tifffile.imread does, checked first
                 series = _first_series(path, tif)
                 _check_tiff_series(path, series)
-                array = tif.asarray()
+                array = series.asarray() if series.kind == PAGES_AS_SLICES else tif.asarray()
         except MfifError:
             raise
         except Exception as exc:  # tifffile raises many types for damaged files

@@ -95,6 +95,22 @@ def _looks_like_one_rgb_image(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] >= 16 and shape[1] >= 16
 
 
+#: the smallest slice (px, each side) any method fuses: a focus measure compares a pixel
+#: with its neighbours, and below this there are too few to tell sharp from blurred
+MIN_SLICE_SIDE = 8
+
+
+def check_slice_size(shape: tuple[int, ...]) -> None:
+    """Refuse a (Z, Y, X[, C]) stack whose slices are smaller than
+    :data:`MIN_SLICE_SIDE` pixels on a side."""
+    if len(shape) in (3, 4) and min(int(shape[1]), int(shape[2])) < MIN_SLICE_SIDE:
+        raise MfifError(
+            f"the slices are {int(shape[1])} x {int(shape[2])} pixels; judging focus needs at "
+            f"least {MIN_SLICE_SIDE} x {MIN_SLICE_SIDE} (a pixel is compared with its "
+            "neighbours)"
+        )
+
+
 def looks_like_z_last(shape: tuple[int, ...]) -> bool:
     """True for a (A, B, C[, colour]) shape whose last spatial axis looks like the slices of
     a (Y, X, Z) stack rather than the width of a (Z, Y, X) one: longer than a colour axis
