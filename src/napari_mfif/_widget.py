@@ -319,7 +319,9 @@ class _LayerJobWidget(Container):
 
 class FuseWidget(_LayerJobWidget):
     """Fuse focal stack: an all-in-focus image, a height map in slices and (when the z step
-    is known) in physical units, and optionally each slice's weights."""
+    is known) in physical units, and optionally each slice's weights and the height map as a
+    3-D surface textured with the fused image (the viewer's 2-D/3-D display is left as the
+    user set it)."""
 
     title = "Fuse focal stack"
     run_text = "Fuse"
@@ -341,8 +343,13 @@ class FuseWidget(_LayerJobWidget):
         self.apply_to = Select(choices=self._other_stacks, label="apply to",
                                tooltip="other stack layers of the same shape (other channels) "
                                        "fused with this layer's decision, so they stay registered")
+        self.surface = CheckBox(
+            value=False, text="3-D surface",
+            tooltip="also show the height map as a 3-D surface textured with the fused image "
+                    "(the layer '<name> surface'). The view stays as it is: switch to 3-D with "
+                    "napari's 2D/3D button at the bottom left, and drag to tilt it")
         self._finish_layout([self.z_step, self.mode, self.align, self.apply_to,
-                             self.add_weights])
+                             self.add_weights, self.surface])
         self.image.changed.connect(lambda _: self.apply_to.reset_choices())
 
     def _method_changed(self, method: str) -> None:
@@ -381,6 +388,7 @@ class FuseWidget(_LayerJobWidget):
         stack, geometry, first = _layers._source(source, self.z_axis.value, z_step)
         limits = None if first.rgb else first.contrast_limits
         mode, device, weights = self.mode.value, self.device.value, self.add_weights.value
+        surface = self.surface.value
         align = None if self.align.value == "off" else self.align.value
         others = list(self.apply_to.value) if self.source.value == STACK else []
         z_axis = self.z_axis.value
@@ -397,13 +405,17 @@ class FuseWidget(_LayerJobWidget):
             applied = [apply_fusion(other, result) for other in other_stacks]
             if not weights:
                 result.weights = None
-            return result, applied
+            # the mesh is built here, off the UI thread (a slide's texture range takes a while)
+            mesh = _layers.surface_layer_data(result, geometry) if surface else None
+            return result, applied, mesh
 
         def on_result(outcome):
-            result, applied = outcome
+            result, applied, mesh = outcome
             data = _layers.result_layer_data(result, geometry, contrast_limits=limits)
             data += [_layers.applied_layer_data(image, layer, result, geometry)
                      for image, layer in zip(applied, others)]
+            if mesh is not None:
+                data.append(mesh)
             _layers.put_layers(self.viewer, data)
             from napari.utils.notifications import show_info
 

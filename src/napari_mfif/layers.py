@@ -6,6 +6,7 @@ Scripted use (the widgets call these same functions)::
     viewer = napari.Viewer()
     (stack,) = viewer.open("stack.tif", plugin="napari-mfif")
     fused, height, *_ = ml.fuse_layer(viewer, stack, method="cnn")
+    ml.add_height_surface(viewer, fused)   # the height map as a 3-D surface
 
 Result layers are named after the input (``"<name> fused"``, ``"<name> height map"``, ...),
 take its scale, translate and units, and running again updates them instead of adding new
@@ -176,7 +177,11 @@ def result_layer_data(result: "FusionResult", geometry: Geometry, *,
         (result.image, fused_kwargs, "image"),
         (result.index_map, {"name": f"{name} height map", "colormap": "viridis",
                             "contrast_limits": (0.0, top),
-                            "metadata": {"napari_mfif": {**info, "units": "slice"}}, **common},
+                            "metadata": {"napari_mfif": {**info, "units": "slice",
+                                                         "z_step": geometry.z_step,
+                                                         "z_origin": geometry.z_origin,
+                                                         "z_unit": geometry.z_unit}},
+                            **common},
          "image"),
     ]
     if geometry.z_step is not None:
@@ -239,13 +244,197 @@ def pair_layer_data(maps: "PairMaps", geometry: Geometry, slice_a: int,
     ]
 
 
+#: the most vertices :func:`height_surface` makes by default (a 500 x 500 grid)
+SURFACE_MAX_VERTICES = 250_000
+#: Rec. 601 luma weights of (R, G, B)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def surface_step(shape: Sequence[int], max_vertices: int = SURFACE_MAX_VERTICES) -> int:
+    """The smallest grid step (in pixels) that keeps a surface over an image of ``shape``
+    (Y, X) within ``max_vertices`` vertices (1 for images up to about 500 x 500)."""
+    h, w = int(shape[0]), int(shape[1])
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_vertices))))
+    while len(_grid(h, step)) * len(_grid(w, step)) > max_vertices:
+        step += 1
+    return step
+
+
+def _grid(n: int, step: int) -> np.ndarray:
+    """Every ``step``-th index of ``n``, and the last one, so the grid covers the image."""
+    index = np.arange(0, n, step)
+    return index if index[-1] == n - 1 else np.append(index, n - 1)
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """Grey values as float32; RGB(A) as Rec. 601 luma (alpha dropped)."""
+    image = np.asarray(image)
+    if image.ndim == 3:
+        return np.tensordot(image[..., :3].astype(np.float32), _LUMA, axes=([-1], [0]))
+    return image.astype(np.float32)
+
+
+def _luma_range(image: Any) -> tuple[float, float]:
+    """The fused image's (luma) range, read by bands of rows (no full float copy)."""
+    rows = max(1, 2**22 // max(1, int(image.shape[1])))
+    lo, hi = np.inf, -np.inf
+    for y in range(0, int(image.shape[0]), rows):
+        band = _luma(image[y:y + rows])
+        lo, hi = min(lo, float(np.nanmin(band))), max(hi, float(np.nanmax(band)))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        lo, hi = 0.0, 1.0
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def height_surface(fused_image: Any, height_map: Any, *, z_step: float | None = None,
+                   scale: Sequence[float] = (1.0, 1.0),
+                   translate: Sequence[float] = (0.0, 0.0), step: int | None = None,
+                   name: str = "height surface", z_origin: float = 0.0,
+                   z_unit: str | None = None, units: Sequence[str] | None = None,
+                   contrast_limits: Sequence[float] | None = None,
+                   metadata: dict | None = None) -> LayerDataTuple:
+    """The height map as a napari Surface layer textured with the fused image:
+    ``((vertices, faces, values), kwargs, "surface")``, for ``viewer.add_surface(data,
+    **kwargs)`` or :func:`put_layers`.
+
+    A triangulated grid over every ``step``-th pixel (and the last row and column), two
+    triangles per grid cell. Vertices are (z, y, x) in world coordinates: z = ``z_origin``
+    + height (in slices) x ``z_step`` (physical units when the z step is known, otherwise
+    slices: ``z_step=None`` counts as 1), y = ``translate[0]`` + row x ``scale[0]``, x alike,
+    so the surface sits over the stack and the fused image. ``values`` are the fused image
+    at the vertices as float32 (RGB as Rec. 601 luma), shown with the gray colormap and the
+    contrast limits of the whole fused image (or ``contrast_limits``).
+
+    ``step`` None picks the smallest step that keeps the mesh within
+    :data:`SURFACE_MAX_VERTICES` vertices (1 up to about 500 x 500 pixels). ``units`` are
+    the (Y, X) units, given to the layer with ``z_unit`` when both are known. The layer's
+    ``metadata["napari_mfif"]`` says what z is in (``z_units``: the unit, or ``"slice"``),
+    the z step and the grid step.
+    """
+    height_map = np.asarray(height_map) if not hasattr(height_map, "shape") else height_map
+    if len(height_map.shape) != 2:
+        raise MfifError(f"the height map has shape {tuple(height_map.shape)}; a surface needs "
+                        "a 2-D (Y, X) height map")
+    h, w = (int(n) for n in height_map.shape)
+    shape = tuple(int(n) for n in fused_image.shape)
+    rgb = len(shape) == 3 and shape[-1] in (3, 4)
+    if shape[:2] != (h, w) or len(shape) != (3 if rgb else 2):
+        raise MfifError(f"the fused image has shape {shape} but the height map {(h, w)}; "
+                        "they must be of the same fusion")
+    if h < 2 or w < 2:
+        raise MfifError(f"a {h} x {w} height map is too small for a surface (2 x 2 at least)")
+    if step is None:
+        step = surface_step((h, w))
+    step = int(step)
+    if step < 1:
+        raise MfifError(f"the surface grid step is {step}; it must be 1 pixel or more")
+    rows, cols = _grid(h, step), _grid(w, step)
+    known = z_step is not None and z_step > 0
+    dz = float(z_step) if known else 1.0
+
+    heights = np.asarray(height_map[rows][:, cols], np.float32)
+    yy, xx = np.meshgrid(translate[0] + rows * float(scale[0]),
+                         translate[1] + cols * float(scale[1]), indexing="ij")
+    vertices = np.stack([float(z_origin) + heights * dz, yy, xx], axis=-1)
+    vertices = vertices.reshape(-1, 3).astype(np.float32)
+
+    index = np.arange(len(rows) * len(cols), dtype=np.int32).reshape(len(rows), len(cols))
+    top_left, top_right = index[:-1, :-1].ravel(), index[:-1, 1:].ravel()
+    bottom_left, bottom_right = index[1:, :-1].ravel(), index[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([top_left, bottom_left, top_right], axis=1),
+                            np.stack([top_right, bottom_left, bottom_right], axis=1)])
+
+    values = _luma(np.asarray(fused_image[rows][:, cols])).reshape(-1)
+    limits = (tuple(float(c) for c in contrast_limits) if contrast_limits is not None
+              else _luma_range(fused_image))
+    z_units = (z_unit or "z units") if known else "slice"
+    info = {**(metadata or {}), "z_units": z_units, "z_step": float(z_step) if known else None,
+            "z_origin": float(z_origin), "grid_step": step,
+            "n_vertices": int(len(vertices)), "texture": "luma" if rgb else "grey"}
+    kwargs: dict[str, Any] = {"name": name, "colormap": "gray", "contrast_limits": limits,
+                              "shading": "none", "metadata": {"napari_mfif": info}}
+    if units is not None and known and z_unit is not None:
+        kwargs["units"] = (z_unit, *units)
+    return ((vertices, faces, values), kwargs, "surface")
+
+
+def surface_layer_data(result: "FusionResult", geometry: Geometry, *,
+                       step: int | None = None) -> LayerDataTuple:
+    """``"<name> surface"``: a fusion's height map as a 3-D surface textured with its fused
+    image (:func:`height_surface`), placed like the other result layers (an aligned result
+    at its crop offset) and, when the z step is known, z in its unit over the stack."""
+    geometry = aligned_geometry(geometry, result.alignment)
+    info = {"source": geometry.name, "method": result.method, "mode": result.mode}
+    return height_surface(result.image, result.index_map, z_step=geometry.z_step,
+                          scale=geometry.scale, translate=geometry.translate, step=step,
+                          name=f"{geometry.name} surface", z_origin=geometry.z_origin,
+                          z_unit=geometry.z_unit, units=geometry.units, metadata=info)
+
+
+def add_height_surface(viewer: "napari.Viewer", fused: Any, height: Any = None, *,
+                       geometry: Geometry | None = None, z_step: float | None = None,
+                       step: int | None = None) -> Any:
+    """Add (or update) ``"<name> surface"``, the height map of a fusion as a 3-D surface
+    textured with the fused image, and return the layer. See it in 3-D with napari's 2D/3D
+    button (or ``viewer.dims.ndisplay = 3``); the display is not switched here.
+
+    ``fused`` is the ``"<name> fused"`` layer of a run (its ``"<name> height map"`` layer is
+    found by name unless ``height``, a layer or an array in slices, is given; its z step and
+    origin come from that layer's metadata unless ``z_step`` is given), or a
+    :class:`~napari_mfif.FusionResult` with the ``geometry`` of its stack
+    (:func:`stack_from_layer`; without it: pixels, z in slices).
+    """
+    if hasattr(fused, "index_map"):  # a FusionResult
+        base = geometry or Geometry(name="fusion", scale=(1.0, 1.0), translate=(0.0, 0.0))
+        if z_step is not None:
+            base = replace(base, z_step=float(z_step))
+        if height is not None:
+            fused = replace(fused, index_map=np.asarray(getattr(height, "data", height)))
+        return put_layers(viewer, [surface_layer_data(fused, base, step=step)])[0]
+
+    info = (getattr(fused, "metadata", None) or {}).get("napari_mfif", {})
+    name = info.get("source") or fused.name.removesuffix(" fused")
+    if height is None:
+        key = f"{name} height map"
+        if key not in viewer.layers:
+            raise MfifError(f"there is no layer {key!r}; fuse {name!r} first, or give the "
+                            "height map")
+        height = viewer.layers[key]
+    z_origin, z_unit = 0.0, None
+    if hasattr(height, "data"):  # a layer: its z geometry from its metadata
+        meta = (getattr(height, "metadata", None) or {}).get("napari_mfif", {})
+        height_data = height.data[0] if getattr(height, "multiscale", False) else height.data
+        z_origin = float(meta.get("z_origin") or 0.0)
+        z_unit = meta.get("z_unit")
+        if z_step is None:
+            z_step = meta.get("z_step")
+        if meta.get("units", "slice") != "slice" and meta.get("z_step"):  # a height in µm
+            height_data = (np.asarray(height_data, np.float32) - z_origin) / meta["z_step"]
+    else:
+        height_data = np.asarray(height)
+    image = fused.data[0] if getattr(fused, "multiscale", False) else fused.data
+    ndim = fused.ndim
+    units = _layer_units(fused, [ndim - 2, ndim - 1])
+    place = Geometry(name=name, scale=tuple(float(v) for v in fused.scale[-2:]),
+                     translate=tuple(float(v) for v in fused.translate[-2:]),
+                     units=(units[0] or "pixel", units[1] or "pixel") if any(units) else None,
+                     z_step=z_step, z_origin=z_origin, z_unit=z_unit)
+    data = height_surface(image, height_data, z_step=place.z_step, scale=place.scale,
+                          translate=place.translate, step=step, name=f"{name} surface",
+                          z_origin=place.z_origin, z_unit=place.z_unit, units=place.units,
+                          metadata={"source": name, "method": info.get("method"),
+                                    "mode": info.get("mode")})
+    return put_layers(viewer, [data])[0]
+
+
 def put_layers(viewer: "napari.Viewer", data: Sequence[LayerDataTuple]) -> list:
     """Add the layers, or update the ones of the same name left by an earlier run."""
     layers = []
     for array, kwargs, layer_type in data:
         name = kwargs["name"]
         old = viewer.layers[name] if name in viewer.layers else None
-        if old is not None and (type(old).__name__.lower() != layer_type
+        # __class__, not type(): a widget's viewer hands out proxies of its layers
+        if old is not None and (old.__class__.__name__.lower() != layer_type
                                 or old.ndim != _ndim(array, kwargs)
                                 or getattr(old, "rgb", False) != kwargs.get("rgb", False)):
             viewer.layers.remove(old)
@@ -261,7 +450,9 @@ def put_layers(viewer: "napari.Viewer", data: Sequence[LayerDataTuple]) -> list:
     return layers
 
 
-def _ndim(array: np.ndarray, kwargs: dict) -> int:
+def _ndim(array: Any, kwargs: dict) -> int:
+    if isinstance(array, tuple):  # a surface's (vertices, faces, values)
+        return int(array[0].shape[1])
     return array.ndim - (1 if kwargs.get("rgb") else 0)
 
 
@@ -277,14 +468,15 @@ def _source(layer_or_layers: Any, z_axis: int, z_step: float | None) -> tuple[An
 
 def fuse_layer(viewer: "napari.Viewer", layer: Any, *, z_axis: int = 0,
                z_step: float | None = None, method: str | None = None, mode: str = "nway",
-               device: str = "auto", return_weights: bool = False,
+               device: str = "auto", return_weights: bool = False, surface: bool = False,
                **params: Any) -> list:
     """Fuse an image layer holding a z-stack (or a list of 2-D layers, as slices in order)
     and add or update the result layers in ``viewer``; returns them.
 
     ``z_axis`` is the layer axis that runs through focus; ``z_step`` the physical distance
-    between slices when the layer's z scale does not say it. The other arguments are those
-    of :func:`napari_mfif.fuse`. The input layer is never modified.
+    between slices when the layer's z scale does not say it; ``surface`` also adds the
+    height map as a 3-D surface (:func:`surface_layer_data`, last in the list). The other
+    arguments are those of :func:`napari_mfif.fuse`. The input layer is never modified.
     """
     from ._api import fuse
     from .registry import DEFAULT_METHOD
@@ -293,7 +485,10 @@ def fuse_layer(viewer: "napari.Viewer", layer: Any, *, z_axis: int = 0,
     result = fuse(stack, method=method or DEFAULT_METHOD, mode=mode, device=device,
                   return_weights=return_weights, **params)
     limits = None if first.rgb else first.contrast_limits
-    return put_layers(viewer, result_layer_data(result, geometry, contrast_limits=limits))
+    data = result_layer_data(result, geometry, contrast_limits=limits)
+    if surface:
+        data.append(surface_layer_data(result, geometry))
+    return put_layers(viewer, data)
 
 
 def check_pair(n_slices: int, slice_a: int, slice_b: int) -> None:
