@@ -3,7 +3,8 @@
 Bad input ends in one line on stderr (``napari-mfif: error: ...``) and exit status 2,
 with no output file written; so does a stack too large to fuse in the free memory, found
 from the file headers before any pixel is read. Ctrl-C ends with status 130 and no output
-file: a run writes all its outputs or none.
+file: a run writes all its outputs or none. ``batch`` fuses every stack of a folder through
+the same code, one stack at a time or in worker processes (see :mod:`napari_mfif.batch`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,29 @@ from ._errors import MfifError
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 
+#: the --method help until --help is asked for: the method names then come from the registry
+_METHOD_HELP = "fusion method (see 'napari-mfif methods')"
+
+
+def _method_help() -> str:
+    """The --method help naming the default and every registered method: the registry
+    loads its method modules (scipy, a few tenths of a second; never torch) to tell, so this
+    is built when help is shown, not for every run."""
+    from .registry import DEFAULT_METHOD, available_methods
+
+    return (f"fusion method (default: {DEFAULT_METHOD}; one of: "
+            f"{', '.join(available_methods())}; their parameters: 'napari-mfif methods')")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other error here
         raise MfifError(f"{message} (see '{self.prog} --help')")
+
+    def format_help(self):
+        for action in self._actions:
+            if action.dest == "method" and action.help == _METHOD_HELP:
+                action.help = _method_help()
+        return super().format_help()
 
 
 def _parse_value(text: str):
@@ -67,15 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
             "Fuse a focal stack. INPUT is one multi-page TIFF (slices along the axis its "
             "metadata names Z, else the first; RGB last allowed) or two or more image files "
             "(TIFF, PNG, JPEG, BMP; read by content) taken as slices in the natural order of "
-            "their names (plane_2 before plane_10; signed z offsets such as tile_-0.45 in "
-            "the order of z), or in the order given with --keep-order."
+            "their names (plane_2 before plane_10; signed z offsets in the names in the "
+            "order of z), or in the order given with --keep-order."
         ),
     )
     fuse.add_argument("inputs", nargs="*", metavar="INPUT", help="the stack or its slices")
     fuse.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                       help="fused image: .tif (any dtype), .png (8 or 16-bit) or .jpg (8-bit); keeps "
                            "the input dtype")
-    fuse.add_argument("--method", default=None, help="fusion method (see 'napari-mfif methods')")
+    fuse.add_argument("--method", default=None, help=_METHOD_HELP)
     fuse.add_argument("--mode", default="nway", choices=("series", "nway"),
                       help="nway: all slices at once (default); series: two at a time, in order")
     fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
@@ -131,6 +152,64 @@ def build_parser() -> argparse.ArgumentParser:
                             "TIFFs, for fast viewing of whole slides")
     fuse.add_argument("--overwrite", action="store_true", help="replace existing output files")
     fuse.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    batch = sub.add_parser(
+        "batch",
+        help="fuse every focal stack in a folder with one setting",
+        description=(
+            "Fuse every focal stack in a folder with one setting, each through the same "
+            "checks as 'napari-mfif fuse'. A stack is each multi-page TIFF in INPUT_DIR and "
+            "each subfolder holding two or more image files (TIFF, PNG, JPEG, BMP; slices in "
+            "the natural order of their names). Outputs NAME_fused.tif (and NAME_height.tif) "
+            "go beside the inputs or into OUT_DIR; a stack whose outputs exist is skipped, so "
+            "a stopped run is resumed by running it again. A stack that fails is reported and "
+            "the others are still fused (exit status 2 if any failed). A summary, "
+            "batch_summary.csv, is written into the output folder."
+        ),
+    )
+    batch.add_argument("input_dir", metavar="INPUT_DIR", help="the folder of stacks")
+    batch.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
+                       help="where the outputs go (created if missing; default: INPUT_DIR)")
+    batch.add_argument("--method", default=None, help=_METHOD_HELP)
+    batch.add_argument("--mode", default="nway", choices=("series", "nway"),
+                       help="nway: all slices at once (default); series: two at a time, in order")
+    batch.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
+                       help="a method parameter, e.g. -p window=4 (repeatable)")
+    batch.add_argument("--height-map", action="store_true",
+                       help="also write each height map, NAME_height.tif (float32, slice units)")
+    batch.add_argument("--height-units", default="slices", choices=("slices", "um"),
+                       help="the height maps in slices (default) or in micrometres (needs the "
+                            "z step: from each TIFF, or --z-step)")
+    batch.add_argument("--z-step", type=float, default=None, metavar="UM",
+                       help="distance between slices in micrometres, for every stack")
+    batch.add_argument("--format", default="tif", choices=("tif", "png"),
+                       help="format of the fused images (default tif, any dtype; png holds 8 "
+                            "and 16-bit results)")
+    batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="where to compute (default auto: a CUDA GPU when the method can "
+                            "use one)")
+    batch.add_argument("--z-axis", type=int, default=None, metavar="N",
+                       help="the axis holding the slices in every TIFF stack (default: as each "
+                            "file names it, else the first)")
+    batch.add_argument("--channel-axis", type=int, default=None, metavar="N",
+                       help="the axis holding channels in every TIFF stack")
+    batch.add_argument("--time-axis", type=int, default=None, metavar="N",
+                       help="the axis of a time series in every TIFF stack")
+    batch.add_argument("--focus-channel", default=None, metavar="N|W,W,...",
+                       help="judge focus on this channel, or on these per-channel weights")
+    batch.add_argument("--align", default=None, choices=("translation", "similarity"),
+                       help="register the slices of each stack before fusing (off by default)")
+    batch.add_argument("--align-frame", default="crop", choices=("crop", "pad"),
+                       help="aligned results: cropped to what every slice covers (default) or "
+                            "the whole reference frame")
+    batch.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                       help="fuse up to N stacks at once, in separate processes (default 1; "
+                            "memory use grows with N)")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="fuse every stack again, replacing its outputs")
+    batch.add_argument("-q", "--quiet", action="store_true",
+                       help="print nothing unless a stack fails (warnings still go to the "
+                            "summary)")
 
     sample = sub.add_parser("sample", help="write the bundled synthetic focal stack",
                             description="Write the bundled synthetic focal stack (uint16 TIFF).")
@@ -328,7 +407,9 @@ def _focus_channel(text: str | None):
     return values
 
 
-def _cmd_fuse(args) -> int:
+def _cmd_fuse(args, report: dict | None = None) -> int:
+    """``napari-mfif fuse``; also run once per stack by ``napari-mfif batch``, which passes
+    ``report`` (a dict) to learn the number of slices fused (``report["slices"]``)."""
     from . import io
     from ._api import fuse
     from ._memory import check_fits
@@ -371,7 +452,7 @@ def _cmd_fuse(args) -> int:
                 raise
             tiled = True
     if tiled:
-        return _fuse_tiled(args, io, spec, params, outputs, info, layout, start)
+        return _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
     else:  # aligned slices may differ in size: framed below
@@ -382,6 +463,8 @@ def _cmd_fuse(args) -> int:
         stack = common_frame(stack, rule=args.align_frame)[0]
     if header is None:
         _check_slice_axis(args, info, stack.shape)
+    if report is not None:
+        report["slices"] = _one_time_point(stack.shape, **layout)[0]
     if not args.align and not args.quiet and layout["channel_axis"] is None \
             and layout["time_axis"] is None:
         _warn_if_shifted(stack if layout["z_axis"] is None
@@ -499,7 +582,7 @@ def _cluster(args):
     return client, [client, cluster]
 
 
-def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
+def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
     from ._device import release, resolve_device
@@ -530,6 +613,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
     source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
     _check_slice_axis(args, info, source.shape)
     z, h, w = source.shape[:3]
+    if report is not None:
+        report["slices"] = z
     if spec.name == "cnn":
         from .fusion.cnn_pipeline import check_size
 
@@ -593,6 +678,12 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start) -> int:
     return EXIT_OK
 
 
+def _cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    return run_batch(args)
+
+
 def _cmd_sample(args) -> int:
     from . import io
     from .synthetic import SAMPLE_SCALE, sample_stack
@@ -618,6 +709,12 @@ def _cmd_methods(args) -> int:
     return EXIT_OK
 
 
+def _os_error(exc: OSError) -> str:
+    """An OSError in one line: what went wrong and on which file."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -625,13 +722,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
-        return {"fuse": _cmd_fuse, "sample": _cmd_sample, "methods": _cmd_methods}[args.command](args)
+        return {"fuse": _cmd_fuse, "batch": _cmd_batch, "sample": _cmd_sample,
+                "methods": _cmd_methods}[args.command](args)
     except MfifError as exc:
         print(f"napari-mfif: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # disk full, permissions changed under us, ...
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"napari-mfif: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"napari-mfif: error: {_os_error(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("napari-mfif: interrupted; no output was written", file=sys.stderr)
