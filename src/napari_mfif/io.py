@@ -299,6 +299,7 @@ def natural_sorted(paths: Sequence[str | os.PathLike]) -> list:
     plane_10, plane_2, ...), and signed z offsets such as ``tile_-0.45.tif``, ``tile_0.tif``
     and ``tile_7.97.tif`` in the order of z.
 
+    >>> from napari_mfif.io import natural_sorted
     >>> natural_sorted(["plane_10.jpg", "plane_2.jpg", "plane_1.jpg"])
     ['plane_1.jpg', 'plane_2.jpg', 'plane_10.jpg']
     >>> natural_sorted(["z_7.9.tif", "z_-0.45.tif", "z_0.tif", "z_-19.9.tif"])
