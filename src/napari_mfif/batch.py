@@ -19,7 +19,6 @@ import csv
 import os
 import signal
 import sys
-import tempfile
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from ._errors import MfifError
 from .cli import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, _cmd_fuse, _os_error, _params,
                   build_parser)
+from .stack import available_cores
 
 #: image files a subfolder's slices may be (by name: the folder is listed, not read)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -196,13 +196,6 @@ def _in_worker(ns: argparse.Namespace) -> dict:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _failed(error: str) -> dict:
     return {"status": "failed", "seconds": None, "slices": None, "warnings": [], "error": error}
 
@@ -227,7 +220,7 @@ def _run(todo: list[tuple[Stack, argparse.Namespace]], jobs: int, on_result) -> 
     workers = min(jobs, len(todo))
     # spawn, not fork: a fresh interpreter per worker, safe with torch and CUDA
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(max(1, _cores() // workers),))
+                               initializer=_init_worker, initargs=(max(1, available_cores() // workers),))
     queue, running, broken = list(reversed(todo)), {}, False
     lost = ("the worker process ended abruptly (killed, perhaps for lack of memory, while "
             "fusing this stack or another one at the same time); run again to retry")
@@ -284,22 +277,15 @@ def _row(stack: Stack, method: str, mode: str) -> dict:
 
 def write_summary(path: Path, rows: list[dict]) -> Path:
     """Write the summary CSV atomically, replacing an earlier one (a report, not data)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    from .io import write_atomically
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomically(path, write, overwrite=True)
     return path
 
 

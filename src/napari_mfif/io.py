@@ -868,10 +868,19 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
         if fmt != "TIFF":
             raise MfifError(f"{fmt} files carry no pixel size here; write a .tif to keep it")
         pixel_size = _tiff_pixel_size(image, scale, unit, metadata, stack)
+    write_atomically(path, lambda tmp: _encode(tmp, image, fmt, metadata, pixel_size, stack),
+                     overwrite=overwrite)
+    return path
+
+
+def write_atomically(path: Path, write, *, overwrite: bool = False) -> None:
+    """Write a file by ``write(tmp)`` into a temporary file beside ``path``, put its bytes on
+    disk and only then give it its name: a crash or Ctrl-C leaves no partial file, and an
+    existing ``path`` is kept unless ``overwrite`` (checked again at the last moment)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         os.close(fd)
-        _encode(tmp, image, fmt, metadata, pixel_size, stack)
+        write(tmp)
         with open(tmp, "rb+") as f:  # the bytes are on disk before the file gets its name
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -882,7 +891,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
 
 
 def _drop_single_channel(image: np.ndarray, stack: bool = False) -> tuple[np.ndarray, bool]:

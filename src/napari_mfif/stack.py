@@ -39,11 +39,15 @@ def slice_threads() -> int:
     two slices filter at once on two cores."""
     if getattr(_serial, "on", False):
         return 1
+    return max(1, min(MAX_SLICE_THREADS, available_cores()))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, on Linux), at least 1."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_SLICE_THREADS, cores))
+        return os.cpu_count() or 1
 
 
 @contextmanager
