@@ -11,8 +11,8 @@ from ._device import release, resolve_device
 from ._errors import MfifError
 from ._memory import check_stack
 from .registry import DEFAULT_METHOD, MODES, get_method
-from .stack import (_check_shape, as_stack, blend_with, channels_last, check_slice_size,
-                    check_z_layout, focus_gray, luminance, to_dtype, with_channel_axis, z_first)
+from .stack import (as_stack, blend_with, channels_last, check_slice_size, check_z_layout,
+                    focus_gray, luminance, to_dtype, with_channel_axis, z_first)
 
 
 @dataclass
@@ -187,10 +187,6 @@ def fuse(
             return_weights=return_weights, focus_channel=focus_channel, align=align,
             align_frame=align_frame, **resolved))
     stack = channels_last(stack, channel_axis)
-    if hasattr(stack, "shape") and not isinstance(stack, (list, tuple)):
-        shape = tuple(int(n) for n in stack.shape)
-        _check_shape(shape)  # what is wrong with the shape first, then whether it is big enough
-        check_slice_size(shape)
     if tile_size is None and overlap is None and not _is_source(stack):
         try:
             check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
@@ -274,6 +270,7 @@ def _fuse_tiles(stack: Any, spec, mode: str, device: str, resolved: dict, *, til
         as_stack(stack)  # says what is wrong with it
     shape = tuple(int(s) for s in stack.shape)
     _check_shape(shape)
+    check_slice_size(shape)
     dtype = np.dtype(stack.dtype)
     _check_dtype(dtype, "the stack")
     if overlap is not None:
