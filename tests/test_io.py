@@ -292,3 +292,21 @@ def test_tiff_written_page_by_page_is_a_stack(tmp_path):
         tif.write(s.stack[1, :32])
     with pytest.raises(MfifError, match="single image"):
         read_stack(mixed)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_png_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, deep):
+    """A header claiming 30000 x 30000 px on a tiny file, 8-bit (Pillow's check) and 16-bit
+    (ours, before imagecodecs decodes): the same one-sentence refusal."""
+    import zlib
+
+    import imagecodecs
+
+    image = np.zeros((4, 4), np.uint16 if deep else np.uint8)
+    data = bytearray(imagecodecs.png_encode(image))
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height ...
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # ... and its checksum
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(MfifError, match="declares more pixels than Pillow opens"):
+        read_image(path)

@@ -188,8 +188,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if array is None or np.asarray(array).size == 0:
             raise MfifError(f"cannot read TIFF file {path}: it holds no image data")
         return np.asarray(array)
-    if _png_bit_depth(path) == 16:
-        return _read_png16(path)
+    png = _png_header(path)
+    if png is not None and png[2] == 16:
+        return _read_png16(path, png[0] * png[1])
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -204,43 +205,45 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"cannot read {path}: not a TIFF and not an image format Pillow recognises"
         ) from None
     except Image.DecompressionBombError:
-        raise MfifError(
-            f"cannot read image file {path}: it declares more pixels than Pillow opens "
-            f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
-        ) from None
+        raise _too_many_pixels(path) from None
     except Exception as exc:  # Pillow raises many types for damaged files
         raise MfifError(f"cannot read image file {path}: {_first_line(exc)}") from None
     if array.dtype == np.int32 and array.size and array.min() >= 0 and array.max() < 65536:
-        array = array.astype(np.uint16)  # Pillow's "I" mode for 16-bit PNGs
+        array = array.astype(np.uint16)  # Pillow's "I" mode for 16-bit grey (PGM, ...)
     return array
+
+
+def _too_many_pixels(path: Path) -> MfifError:
+    from PIL import Image
+
+    return MfifError(
+        f"cannot read image file {path}: it declares more pixels than Pillow opens "
+        f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
+    )
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    """The bit depth a PNG file's header declares, or None for anything else."""
+def _png_header(path: Path) -> tuple[int, int, int] | None:
+    """(width, height, bit depth) from a PNG file's header, or None for anything else."""
     with open(path, "rb") as f:
         head = f.read(26)
     if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
-    return head[24]
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height, head[24]
 
 
-def _read_png16(path: Path) -> np.ndarray:
-    """A 16-bit PNG (grey, grey + alpha, RGB or RGBA) as uint16, through imagecodecs:
-    Pillow reads 16-bit colour PNGs as 8-bit, which would lose the low byte."""
+def _read_png16(path: Path, pixels: int) -> np.ndarray:
+    """A 16-bit PNG (grey, grey + alpha, RGB or RGBA) of ``pixels`` pixels as uint16,
+    through imagecodecs: Pillow reads 16-bit colour PNGs as 8-bit, which would lose the low
+    byte."""
     import imagecodecs
     from PIL import Image
 
-    with open(path, "rb") as f:
-        head = f.read(24)
-    width, height = struct.unpack(">II", head[16:24])
-    if width * height > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow sets other files
-        raise MfifError(
-            f"cannot read image file {path}: it declares more pixels than Pillow opens "
-            f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
-        )
+    if pixels > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow sets other files
+        raise _too_many_pixels(path)
     try:
         array = imagecodecs.png_decode(path.read_bytes())
     except Exception as exc:  # imagecodecs raises its own error types for damaged files
