@@ -73,6 +73,19 @@ def _params(items: Sequence[str]) -> dict:
     return params
 
 
+def _method_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how to fuse, alike for ``fuse`` and ``batch``."""
+    parser.add_argument("--method", default=None, help=_METHOD_HELP)
+    parser.add_argument("--mode", default="nway", choices=("series", "nway"),
+                        help="nway: all slices at once (default); series: two at a time, in "
+                             "order")
+    parser.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
+                        help="a method parameter, e.g. -p window=4 (repeatable)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to compute (default auto: a CUDA GPU when the method can "
+                             "use one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="napari-mfif",
@@ -96,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                       help="fused image: .tif (any dtype), .png (8 or 16-bit) or .jpg (8-bit); keeps "
                            "the input dtype")
-    fuse.add_argument("--method", default=None, help=_METHOD_HELP)
-    fuse.add_argument("--mode", default="nway", choices=("series", "nway"),
-                      help="nway: all slices at once (default); series: two at a time, in order")
+    _method_options(fuse)
     fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
                       help="also write the height map (float32 TIFF, slice units)")
     fuse.add_argument("--height-units", default="slices", choices=("slices", "um"),
@@ -106,10 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "micrometres (needs the z step: from the TIFF, or --z-step)")
     fuse.add_argument("--z-step", type=float, default=None, metavar="UM",
                       help="distance between slices in micrometres (overrides the TIFF's)")
-    fuse.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                      help="where to compute (default auto: a CUDA GPU when the method can use one)")
-    fuse.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
-                      help="a method parameter, e.g. -p window=4 (repeatable)")
     fuse.add_argument("--channel-axis", type=int, default=None, metavar="N",
                       help="the axis holding channels, e.g. 1 for (Z, C, Y, X); read from the "
                            "TIFF's axes when it names them (default: channels last, if any)")
@@ -170,11 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("input_dir", metavar="INPUT_DIR", help="the folder of stacks")
     batch.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
                        help="where the outputs go (created if missing; default: INPUT_DIR)")
-    batch.add_argument("--method", default=None, help=_METHOD_HELP)
-    batch.add_argument("--mode", default="nway", choices=("series", "nway"),
-                       help="nway: all slices at once (default); series: two at a time, in order")
-    batch.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", default=[],
-                       help="a method parameter, e.g. -p window=4 (repeatable)")
+    _method_options(batch)
     batch.add_argument("--height-map", action="store_true",
                        help="also write each height map, NAME_height.tif (float32, slice units)")
     batch.add_argument("--height-units", default="slices", choices=("slices", "um"),
@@ -185,9 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--format", default="tif", choices=("tif", "png"),
                        help="format of the fused images (default tif, any dtype; png holds 8 "
                             "and 16-bit results)")
-    batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="where to compute (default auto: a CUDA GPU when the method can "
-                            "use one)")
     batch.add_argument("--z-axis", type=int, default=None, metavar="N",
                        help="the axis holding the slices in every TIFF stack (default: as each "
                             "file names it, else the first)")
