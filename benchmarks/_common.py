@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 import napari_mfif as mf
+from napari_mfif.io import natural_sorted
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -208,13 +209,6 @@ def busy_crop(image, size: int) -> tuple[int, int, int, int]:
     return int(ys[iy]), int(ys[iy]) + ch, int(xs[ix]), int(xs[ix]) + cw
 
 
-def _number(path: Path, pattern: str = r"(\d+)") -> int:
-    """The last integer in a file's stem (img_12.png -> 12), for numeric file order."""
-    import re
-
-    return int(re.findall(pattern, path.stem)[-1])
-
-
 def _read_planes(files, max_side: int | None) -> np.ndarray:
     """One plane per file, stacked; each centre-cropped to max_side as it is read."""
     from napari_mfif.io import read_image
@@ -252,7 +246,7 @@ def load_wbc_milab(max_side: int | None = None) -> dict | None:
     """Blood smear, 10 planes, 1200 x 1920 RGB uint8 JPEGs, ordered by the focus index (the
     4th field of ``0152_22800_54359_<focusIndex>_<focusScore>.jpg``); the reference is the
     plane where the scanner's own focus score (the last field) peaks."""
-    files = sorted(WBC_DIR.glob("*.jpg"), key=lambda p: int(p.name.split("_")[3]))
+    files = natural_sorted(WBC_DIR.glob("*.jpg"))
     if not files:
         return None
     best = int(np.argmax([float(f.stem.split("_")[-1]) for f in files]))
@@ -265,7 +259,7 @@ def load_wbc_milab(max_side: int | None = None) -> dict | None:
 def load_algae(max_side: int | None = None) -> dict | None:
     """Planktonic algae, 5 planes ``img_1.png`` ... ``img_5.png`` (JPEG data despite the
     name), 3648 x 5440 RGB uint8 (about 100 MP in all: pass max_side for quick work)."""
-    files = sorted((DATA / "microscopy_algae_brightfield").glob("img_*.png"), key=_number)
+    files = natural_sorted((DATA / "microscopy_algae_brightfield").glob("img_*.png"))
     if not files:
         return None
     return _real(_read_planes(files, max_side),
@@ -277,7 +271,7 @@ def load_dic_diatom(max_side: int | None = None) -> dict | None:
     """Centric diatom valve, 3 planes ``1.jpg`` ... ``3.jpg``, 229 x 305 RGB uint8
     (``fus.jpg``, the MFusionJ authors' fused result, is left out)."""
     folder = DATA / "microscopy_dic_diatom_mfusionj"
-    files = sorted((f for f in folder.glob("*.jpg") if f.stem.isdigit()), key=_number)
+    files = natural_sorted(f for f in folder.glob("*.jpg") if f.stem.isdigit())
     if not files:
         return None
     return _real(_read_planes(files, max_side),
@@ -318,10 +312,11 @@ def _wafer_z(path: Path) -> float:
 
 def load_wafer(max_side: int | None = None) -> dict | None:
     """Metal patterns on a wafer, reflected light: 11 LZW TIFFs, 1200 x 1920 RGB uint8,
-    ordered by the z offset (µm) after the last ``_`` of the name (names hold spaces; z is
-    irregular); the z = 0 plane is the in-focus reference."""
+    ordered by the z offset (µm) after the last ``_`` of the name, which is the natural
+    order of the names (names hold spaces; z is signed and irregular); the z = 0 plane is
+    the in-focus reference."""
     folder = DATA / "microscopy_reflected_wafer_autofocus"
-    files = sorted(folder.glob("*.tif*"), key=_wafer_z)
+    files = natural_sorted(folder.glob("*.tif*"))
     if not files:
         return None
     z = [_wafer_z(f) for f in files]
@@ -334,7 +329,7 @@ def load_wafer(max_side: int | None = None) -> dict | None:
 def load_pcb(max_side: int | None = None) -> dict | None:
     """Macro photographs of a PCB, ``pcb/pcb_001.jpg`` ... ``pcb_007.jpg``, 1536 x 2048 RGB
     uint8 (``expected.jpg``, the focus-stack tool's result, is left out)."""
-    files = sorted((DATA / "focus_stack_pcb" / "pcb").glob("pcb_*.jpg"), key=_number)
+    files = natural_sorted((DATA / "focus_stack_pcb" / "pcb").glob("pcb_*.jpg"))
     if not files:
         return None
     return _real(_read_planes(files, max_side),
@@ -346,7 +341,7 @@ def load_beetle(max_side: int | None = None) -> dict | None:
     """Stag beetle head, focus bracketing, ``DSC_0356.jpg`` ... ``DSC_0388.jpg``: 28 frames
     (0357, 0364, 0370, 0377 and 0383 are missing, so the focus step doubles there),
     500 x 750 RGB uint8."""
-    files = sorted((DATA / "macro_beetle_focus_bracketing").glob("DSC_*.jpg"), key=_number)
+    files = natural_sorted((DATA / "macro_beetle_focus_bracketing").glob("DSC_*.jpg"))
     if not files:
         return None
     return _real(_read_planes(files, max_side),
