@@ -255,7 +255,7 @@ def _reduce_stats(parts, *, mode, **params):
 
 register_method(Method(
     name="cnn_wavelet",
-    summary="wavelet (DWT) fusion driven by the focus CNN (papers 002, 003): the cnn method's "
+    summary="wavelet (DWT) fusion driven by the focus CNN, as in PDMNet: the cnn method's "
             "decision resampled to every level weighs the detail and low bands",
     run=run,
     pair_maps=pair_maps,
