@@ -505,10 +505,12 @@ def visible_shift(stack: Any) -> float | None:
     :func:`estimate_shifts` does. A shift is reported when it is at least
     :data:`SHIFT_WARN_PX` pixels and half a pixel of the reduced copy. On the real stacks
     of the benchmarks it reports the handheld PCB series (7.3 px; it ghosts unaligned) and
-    none of the others: blood smear 0.6 px, widefield neuron 0.9, confocal membrane 1.9,
-    DIC diatom 2.6, beetle 0.6, skeleton 0.7, planktonic algae 6.4 (objects drifting in
-    water, under half a pixel of its 15x reduced copy; no rigid shift would fix it). It
-    takes 0.03-0.3 s on them.
+    the reflected-light wafer (3.6 px; registering its crops at full size gives about 10 px
+    between z = -20 and z = 0 µm, though its far-defocused planes of a periodic pattern
+    make such estimates uncertain), and none of the others: blood smear 0.6 px, widefield
+    neuron 0.9, confocal membrane 1.9, DIC diatom 2.6, beetle 0.6, skeleton 0.7,
+    planktonic algae 6.4 (objects drifting in water, under half a pixel of its 15x
+    reduced copy; no rigid shift would fix it). It takes 0.03-0.4 s on them.
 
     Parameters
     ----------
@@ -521,10 +523,10 @@ def visible_shift(stack: Any) -> float | None:
     z = array.shape[0]
     picks = np.unique(np.round(np.linspace(0, z - 1, min(z, SHIFT_CHECK_SLICES))).astype(int))
     h, w = array.shape[1:3]
-    f = max(1, int(np.ceil(max(h, w) / SHIFT_CHECK_SIDE)))
-    # every step-th pixel, then means of blocks of f // step: a fraction of the cost of
-    # block means over the whole image, and still averaged against aliasing
-    step = max(1, f // 2)
+    # every step-th pixel, then means of blocks of b x b: reduced by step * b in all, at a
+    # fraction of the cost of block means over the whole image, and still averaged against
+    # aliasing
+    step = max(1, int(np.ceil(max(h, w) / SHIFT_CHECK_SIDE)) // 2)
     part = array[picks, ::step, ::step].astype(np.float32)
     gray = luminance(part if part.ndim == 4 else part[..., None])
     b = max(1, int(np.ceil(max(gray.shape[1:]) / SHIFT_CHECK_SIDE)))
@@ -532,14 +534,13 @@ def visible_shift(stack: Any) -> float | None:
     if hh // b < 4 * MIN_SIZE or ww // b < 4 * MIN_SIZE:
         return None
     small = gray[:, :hh, :ww].reshape(len(picks), hh // b, b, ww // b, b).mean(axis=(2, 4))
-    f = step * b
     try:
         shifts = estimate_shifts(small)
     except MfifError:  # e.g. featureless or more than half the image apart: not for here
         return None
     largest = float(np.abs(shifts).max())
-    if largest >= SHIFT_WARN_REDUCED_PX and largest * f >= SHIFT_WARN_PX:
-        return largest * f
+    if largest >= SHIFT_WARN_REDUCED_PX and largest * step * b >= SHIFT_WARN_PX:
+        return largest * step * b
     return None
 
 
