@@ -187,16 +187,24 @@ def test_cli_height_map_in_micrometres(tmp_path):
     s = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=13)
     mf.write_image(tmp_path / "s.tif", s.stack, scale=(2.5, 0.5, 0.5), unit="µm", stack=True)
     args = ["fuse", str(tmp_path / "s.tif"), "-o", str(tmp_path / "f.tif"), "-q"]
-    assert main(args + ["--height-map", str(tmp_path / "h.tif")]) == 0
+    assert main(args + ["--height-map", str(tmp_path / "h.tif"), "--height-units",
+                        "slices"]) == 0
     assert main(args[:3] + [str(tmp_path / "f2.tif"), "-q", "--height-map",
                             str(tmp_path / "hum.tif"), "--height-units", "um"]) == 0
+    # by default (auto) in micrometres too, since the file stores its z step
+    assert main(args[:3] + [str(tmp_path / "f4.tif"), "-q", "--height-map",
+                            str(tmp_path / "hauto.tif")]) == 0
     slices, um = tifffile.imread(tmp_path / "h.tif"), tifffile.imread(tmp_path / "hum.tif")
-    assert np.allclose(um, slices * 2.5)
-    # no z step stored and none given: one sentence
+    assert slices.max() > 1 and np.allclose(um, slices * 2.5)
+    assert np.array_equal(tifffile.imread(tmp_path / "hauto.tif"), um)
+    # no z step stored and none given: one sentence for um, slices for auto
     tifffile.imwrite(tmp_path / "plain.tif", s.stack, photometric="minisblack")
     assert main(["fuse", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f3.tif"), "-q",
                  "--height-map", str(tmp_path / "h3.tif"), "--height-units", "um"]) == 2
     assert not (tmp_path / "f3.tif").exists()
+    assert main(["fuse", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f3.tif"), "-q",
+                 "--height-map", str(tmp_path / "h3.tif")]) == 0
+    assert np.array_equal(tifffile.imread(tmp_path / "h3.tif"), slices)
 
 
 def test_cli_aligns_files_of_different_sizes(tmp_path):

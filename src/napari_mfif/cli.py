@@ -111,12 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "the input dtype")
     _method_options(fuse)
     fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
-                      help="also write the height map (float32 TIFF, slice units)")
-    fuse.add_argument("--height-units", default="slices", choices=("slices", "um"),
-                      help="the height map in slices (default, 0 = first slice) or in "
-                           "micrometres (needs the z step: from the TIFF, or --z-step)")
+                      help="also write the height map (float32 TIFF)")
+    fuse.add_argument("--height-units", default="auto", choices=("auto", "slices", "um"),
+                      help="the height map in micrometres where the z step is known (from the "
+                           "file, or --z-step) and in slices (0 = first slice) otherwise "
+                           "(auto, the default), or always in slices, or always in "
+                           "micrometres (an error where the z step is unknown)")
     fuse.add_argument("--z-step", type=float, default=None, metavar="UM",
-                      help="distance between slices in micrometres (overrides the TIFF's)")
+                      help="distance between slices in micrometres (overrides the file's)")
+    fuse.add_argument("--scene", default=None, metavar="N|NAME|all",
+                      help="CZI, ND2, LIF and OME-Zarr files: the scene (position, series) to "
+                           "fuse, by number from 0 or name, or 'all' for one output each "
+                           "(named OUTPUT_s0, OUTPUT_s1, ...); default the first")
     fuse.add_argument("--channel-axis", type=int, default=None, metavar="N",
                       help="the axis holding channels, e.g. 1 for (Z, C, Y, X); read from the "
                            "TIFF's axes when it names them (default: channels last, if any)")
@@ -165,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fuse every focal stack in a folder with one setting",
         description=(
             "Fuse every focal stack in a folder with one setting, each through the same "
-            "checks as 'napari-mfif fuse'. A stack is each multi-page TIFF in INPUT_DIR and "
-            "each subfolder holding two or more image files (TIFF, PNG, JPEG, BMP; slices in "
+            "checks as 'napari-mfif fuse'. A stack is each multi-page TIFF in INPUT_DIR, "
+            "each scene of each CZI, ND2, LIF file and OME-Zarr there, and each subfolder holding two or more image files (TIFF, PNG, JPEG, BMP; slices in "
             "the natural order of their names). Outputs NAME_fused.tif (and NAME_height.tif) "
             "go beside the inputs or into OUT_DIR; a stack whose outputs exist is skipped, so "
             "a stopped run is resumed by running it again. A stack that fails is reported and "
@@ -179,10 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the outputs go (created if missing; default: INPUT_DIR)")
     _method_options(batch)
     batch.add_argument("--height-map", action="store_true",
-                       help="also write each height map, NAME_height.tif (float32, slice units)")
-    batch.add_argument("--height-units", default="slices", choices=("slices", "um"),
-                       help="the height maps in slices (default) or in micrometres (needs the "
-                            "z step: from each TIFF, or --z-step)")
+                       help="also write each height map, NAME_height.tif (float32)")
+    batch.add_argument("--height-units", default="auto", choices=("auto", "slices", "um"),
+                       help="the height maps in micrometres where the z step is known (from "
+                            "each file, or --z-step) and in slices otherwise (auto, the "
+                            "default), or always in slices, or always in micrometres")
     batch.add_argument("--z-step", type=float, default=None, metavar="UM",
                        help="distance between slices in micrometres, for every stack")
     batch.add_argument("--format", default="tif", choices=("tif", "png"),
@@ -219,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the fusion methods and their parameters",
                    description="List the fusion methods and their parameters.")
     return parser
+
+
+def _readable_tiff(io, path: str) -> bool:
+    """True for a readable file with a TIFF header (the reader reports anything else)."""
+    try:
+        return Path(path).is_file() and io.is_tiff(path)
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -364,9 +379,12 @@ def _slice_order(inputs: Sequence[str]) -> str:
     return ", ".join(names)
 
 
-def _z_step_um(args, info) -> float:
-    """The distance between slices in micrometres: --z-step, else the input TIFF's
-    (``info``, its tags)."""
+def _z_step_um(args, info, stored: float | None = None) -> float | None:
+    """The distance between slices in micrometres for the height map, or None for a height
+    map in slices: --z-step, else the input's (``info``, a TIFF's tags, or ``stored``, what
+    a tiled source read), as --height-units asks (auto: micrometres where known)."""
+    if args.height_units == "slices":
+        return None
     if args.z_step is not None:
         if not args.z_step > 0:
             raise MfifError(f"--z-step must be a positive number of micrometres, got {args.z_step}")
@@ -375,8 +393,19 @@ def _z_step_um(args, info) -> float:
         axes, (scale, units) = info.axes, info.physical
         if "Z" in axes and units is not None and units[axes.index("Z")] == "µm":
             return float(scale[axes.index("Z")])
+    if stored is not None:
+        return float(stored)
+    if args.height_units == "auto":
+        return None
     raise MfifError("the height map in um needs the z step, which the input does not store; "
                     "give it with --z-step")
+
+
+def _height_note(z_step: float | None, given: bool) -> str:
+    """How the height map is measured, for the run summary."""
+    if z_step is None:
+        return "in slices, 0 = first slice; the z step is unknown (give it with --z-step)"
+    return f"in µm, z step {z_step:g} µm ({'--z-step' if given else 'from the file'})"
 
 
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
@@ -425,6 +454,15 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
         raise MfifError("the height map is float32: give it a .tif or .tiff name")
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise MfifError("the fused image and the height map must go to different files")
+    if len(args.inputs) == 1:
+        from .formats import is_microscope_file, tiff_plane_positions
+
+        if is_microscope_file(args.inputs[0]) or (
+                _readable_tiff(io, args.inputs[0])
+                and tiff_plane_positions(args.inputs[0]) is not None):
+            return _fuse_microscope(args, method, params, outputs, report)
+    if args.scene is not None:
+        raise MfifError("--scene applies to CZI, ND2, LIF and OME-Zarr files")
     for out in outputs:
         for inp in args.inputs:
             if _same_file(out, Path(inp)) or out.resolve() == Path(inp).resolve():
@@ -475,8 +513,9 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
                   align_frame=args.align_frame, **_with_known_z(args, info, layout), **params)
     pixel = _pixel_size(io, info, outputs[0])
     height = result.index_map
-    if args.height_map and args.height_units == "um":
-        height = (height * _z_step_um(args, info)).astype(np.float32)
+    z_step = _z_step_um(args, info) if args.height_map else None
+    if z_step is not None:
+        height = (height * z_step).astype(np.float32)
     images = [result.image] + ([height] if args.height_map else [])
     written = []
     try:
@@ -501,14 +540,198 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
             what = f"{stack.shape[0]} slices of {stack.shape[1]}x{stack.shape[2]} {stack.dtype}"
         print(f"fused {what} with {method} ({args.mode}, {result.device}) in {elapsed:.1f} s")
         _print_slice_order(args)
+        if not args.height_map and info is not None and "Z" in info.axes \
+                and len(args.inputs) == 1:
+            step = _z_step_um(argparse.Namespace(**{**vars(args), "height_units": "auto"}),
+                              info)
+            print("z step " + (f"{step:g} µm" if step is not None else
+                               "unknown: the file does not store it (--z-step gives it)"))
         alignments = result.alignment if isinstance(result.alignment, list) else [result.alignment]
         for alignment in alignments:
             if alignment is not None:
                 print(alignment.report())
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            print(f"height map:  {outputs[1].resolve()}")
+            print(f"height map:  {outputs[1].resolve()} "
+                  f"({_height_note(z_step, args.z_step is not None)})")
     return EXIT_OK
+
+
+def _scene_output(path: Path, scene: int, several: bool) -> Path:
+    """``path`` for one scene: as given for a single scene, else with ``_s<scene>`` before
+    its extension (``fused.ome.tif`` -> ``fused_s1.ome.tif``)."""
+    if not several:
+        return path
+    name = path.name
+    lower = name.lower()
+    for ext in (".ome.tiff", ".ome.tif"):
+        if lower.endswith(ext):
+            return path.with_name(f"{name[:-len(ext)]}_s{scene}{name[-len(ext):]}")
+    return path.with_name(f"{path.stem}_s{scene}{path.suffix}")
+
+
+def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
+                     report: dict | None = None) -> int:
+    """``fuse`` of a CZI, ND2, LIF or OME-Zarr file (napari_mfif.formats): axes, pixel size
+    and z from the file's metadata; one scene, or each with --scene all."""
+    from . import io
+    from ._memory import check_fits
+    from .formats import fuse_scene, open_scenes
+
+    for flag, value in (("--z-axis", args.z_axis), ("--channel-axis", args.channel_axis),
+                        ("--time-axis", args.time_axis)):
+        if value is not None:
+            raise MfifError(f"{flag} is not needed for {Path(args.inputs[0]).name}: its axes "
+                            "are read from the file's metadata")
+
+    tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
+                                        args.scheduler)) or args.pyramid
+    source = Path(args.inputs[0])
+    scenes = open_scenes(source, "all" if args.scene == "all" else
+                         [0 if args.scene is None else args.scene])
+    several = args.scene == "all" and len(scenes[0].scenes) > 1
+    plans = []
+    for stack in scenes:
+        outs = [_scene_output(out, stack.scene_index, several) for out in outputs]
+        for out in outs:
+            if out.resolve() == source.resolve() or _same_file(out, source):
+                raise MfifError(f"output {out} is the input; inputs are never overwritten")
+            io.check_output(out, overwrite=args.overwrite,
+                            dtype=stack.data.dtype if out == outs[0] else None)
+        plans.append((stack, outs))
+    for stack, outs in plans:
+        start = time.perf_counter()
+        sizes = stack.sizes
+        one = (sizes["Z"], sizes["Y"], sizes["X"]) + ((sizes["C"],) if sizes["C"] > 1 else ()) \
+            + ((sizes["S"],) if "S" in sizes else ())
+        if report is not None:
+            report["slices"] = sizes["Z"]
+        if args.z_step is not None:
+            stack = _with_z_step(stack, _z_step_um(args, None))
+        elif args.height_units == "um" and args.height_map and stack.z_positions is None:
+            raise MfifError("the height map in um needs the z step, which the input does not "
+                            "store; give it with --z-step")
+        by_tiles = tiled
+        try:
+            if not by_tiles:
+                check_fits(one, stack.data.dtype, method, args.mode, params=params)
+        except MfifError:  # tile by tile instead, where that can be done
+            if not _scene_tileable(args, stack, method, outs):
+                raise
+            by_tiles = True
+        if by_tiles:
+            _fuse_scene_tiled(args, stack, method, params, outs, start)
+            continue
+        scene = fuse_scene(stack, method, mode=args.mode, device=args.device,
+                           focus_channel=_focus_channel(args.focus_channel), align=args.align,
+                           align_frame=args.align_frame, **params)
+        height = scene.height
+        if args.height_units == "slices" and scene.z is not None:
+            height = scene.result.index_map.astype(np.float32)
+        z_note = _z_note(stack, scene, args.height_units)
+        images = [(scene.image, scene.axes, None)]
+        if args.height_map:
+            images.append((height, scene.axes[:-2 - ("C" in scene.axes) - ("S" in scene.axes)]
+                           .replace("C", "") + "YX", z_note))
+        written = []
+        try:
+            for path, (image, axes, note) in zip(outs, images):
+                if io.output_format(path) == "TIFF":
+                    io.write_ome_tiff(path, image, axes, pixel_size=stack.pixel_size,
+                                      description=note, overwrite=args.overwrite)
+                else:
+                    io.write_image(path, image, overwrite=args.overwrite)
+                written.append(path)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        if not args.quiet:
+            elapsed = time.perf_counter() - start
+            print(f"fused scene {stack.scene_index} ({stack.scene!r}) of {source.name}: "
+                  f"{stack.describe()}; {sizes['Y']}x{sizes['X']} {stack.data.dtype}, with "
+                  f"{method} ({args.mode}, {scene.result.device}) in {elapsed:.1f} s")
+            if stack.z_positions is not None and stack.z_positions[-1] < stack.z_positions[0]:
+                print("planes fused in rising z: the file records them top down")
+            print(f"fused image: {outs[0].resolve()}")
+            if args.height_map:
+                print(f"height map:  {outs[1].resolve()} ({z_note})")
+    if not args.quiet and args.scene is None and len(scenes[0].scenes) > 1:
+        print(f"{source.name} holds {len(scenes[0].scenes)} scenes; scene 0 was fused "
+              "(--scene N for another, --scene all for each)")
+    return EXIT_OK
+
+
+def _scene_tileable(args, stack, method: str, outputs) -> bool:
+    """Whether a microscope scene can go tile by tile: one time point and one channel (or
+    RGB), a method that tiles, no alignment or focus channel, TIFF outputs."""
+    from . import io
+    from .registry import get_method
+
+    sizes = stack.sizes
+    return (sizes["T"] == 1 and sizes["C"] == 1 and get_method(method).tiling is not None
+            and not args.align and args.focus_channel is None
+            and all(io.output_format(out) == "TIFF" for out in outputs))
+
+
+def _fuse_scene_tiled(args, stack, method: str, params: dict, outputs, start: float) -> None:
+    """One scene of a microscope file tile by tile: read region by region where the file
+    is chunked (OME-Zarr), written as tiled BigTIFFs band by band."""
+    from .formats import height_in_micrometres
+    from .registry import get_method
+    from .tiles import DEFAULT_TILE, check_tile_size
+
+    if not _scene_tileable(args, stack, method, outputs):
+        raise MfifError("tile by tile, a scene of one time point and one channel is fused "
+                        "(no --align or --focus-channel) into .tif outputs; this one has "
+                        f"{stack.describe()}")
+    if args.overlap is not None and args.overlap < 0:
+        raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
+    spec = get_method(method)
+    tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
+    order = stack.z_order()
+    array = stack.data[0, 0][order]
+    array = array.rechunk((1, tile, tile) + array.shape[3:])
+    z = stack.sorted_z()
+    to_height = None
+    if z is not None and args.height_units != "slices":
+        to_height = lambda h: height_in_micrometres(h, z)  # noqa: E731
+    run, device = _tile_and_write(args, spec, params, outputs, array, stack.pixel_size,
+                                  to_height, tile)
+    if not args.quiet:
+        sizes = stack.sizes
+        print(f"fused scene {stack.scene_index} ({stack.scene!r}) of {stack.path.name}: "
+              f"{stack.describe()}; {sizes['Y']}x{sizes['X']} {stack.data.dtype}, with "
+              f"{method} ({args.mode}, {device}) in {time.perf_counter() - start:.1f} s: "
+              f"{run.plan.n_tiles} tiles of {run.plan.tile} px")
+        print(f"fused image: {outputs[0].resolve()}")
+        if args.height_map:
+            note = (f"height in µm: planes at z = {_z_list(z)} µm ({stack.z_source})"
+                    if to_height is not None else "height in slices, 0 = lowest plane")
+            print(f"height map:  {outputs[1].resolve()} ({note})")
+
+
+def _with_z_step(stack, step: float):
+    """``stack`` with its planes ``step`` micrometres apart (--z-step overrides the file)."""
+    from dataclasses import replace
+
+    return replace(stack, z_positions=np.arange(stack.sizes["Z"]) * step,
+                   z_source=f"z step {step:g} µm (--z-step)")
+
+
+def _z_note(stack, scene, units: str) -> str:
+    """What the height map's values mean, for the summary and the file's description."""
+    if scene.z is None or units == "slices":
+        why = "" if scene.z is not None else "; the z step is unknown (give it with --z-step)"
+        return f"height in slices, 0 = lowest plane{why}"
+    return f"height in µm: planes at z = {_z_list(scene.z)} µm ({stack.z_source})"
+
+
+def _z_list(z) -> str:
+    """The planes' z for a summary line: all of up to 12, else the first two and the last."""
+    z = np.asarray(z) + 0.0  # no "-0"
+    return ", ".join(f"{v:g}" for v in z) if len(z) <= 12 else \
+        f"{z[0]:g}, {z[1]:g}, ... {z[-1]:g}"
 
 
 def _warn_if_shifted(stack) -> None:
@@ -582,12 +805,63 @@ def _cluster(args):
     return client, [client, cluster]
 
 
+def _tile_and_write(args, spec, params, outputs, array, pixel_size, to_height, tile: int):
+    """Fuse the (Z, Y, X[, C]) dask ``array`` tile by tile into tiled BigTIFFs written band
+    by band (``outputs``: fused image[, height map]; ``to_height`` turns a band of the height
+    map from slices into its units, None keeps slices); returns (run, device)."""
+    from ._device import release, resolve_device
+    from .slide_io import TiledTiffWriter
+    from .tiles import run_tiles
+
+    h, w = (int(n) for n in array.shape[1:3])
+    device = resolve_device(args.device, spec.devices, spec.name,
+                            auto_cuda=spec.auto_cuda)
+    pixel = {"pixel_size": pixel_size, "unit": "um" if pixel_size else None}
+    client, to_close = _cluster(args)
+    height_written = False
+    try:
+        with TiledTiffWriter(outputs[0], array.shape[1:], array.dtype, pyramid=args.pyramid,
+                             overwrite=args.overwrite, **pixel) as fused_out:
+            height_out = None
+            if args.height_map:
+                height_out = TiledTiffWriter(outputs[1], (h, w), np.float32,
+                                             pyramid=args.pyramid, overwrite=args.overwrite,
+                                             **pixel)
+            try:
+                def on_band(y0, image, height):
+                    fused_out.write_band(y0, image)
+                    if height_out is not None:
+                        if to_height is not None:
+                            height = to_height(height)
+                        height_out.write_band(y0, height)
+
+                run = run_tiles(array, spec.name, args.mode, device, params,
+                                tile=tile, overlap=args.overlap, dtype=array.dtype,
+                                on_band=on_band, progress=_TileBar(args.quiet))
+                if height_out is not None:
+                    height_out.close()
+                    height_written = True
+            except BaseException:
+                if height_out is not None:
+                    height_out.abort()
+                raise
+        # the fused image is moved into place last of all; if that fails, no height map alone
+    except BaseException:
+        if height_written:  # the fused image failed after it: no height map alone
+            outputs[1].unlink(missing_ok=True)
+        raise
+    finally:
+        release(device)
+        for thing in to_close:
+            thing.close()
+    return run, device
+
+
 def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
-    from ._device import release, resolve_device
-    from .slide_io import TiffStackSource, TiledTiffWriter
-    from .tiles import DEFAULT_TILE, check_tile_size, run_tiles, tileable
+    from .slide_io import TiffStackSource
+    from .tiles import DEFAULT_TILE, as_dask, check_tile_size, tileable
 
     tileable(spec)
     if args.align:
@@ -619,51 +893,10 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         from .fusion.cnn_pipeline import check_size
 
         check_size(h, w)
-    z_step = _z_step_um(args, info) if args.height_map and args.height_units == "um" else None
-    if z_step is None and args.height_map and args.height_units == "um":
-        z_step = source.z_step_um
-    device = resolve_device(args.device, spec.devices, spec.name,
-                            auto_cuda=spec.auto_cuda)
-    pixel = {"pixel_size": source.pixel_size, "unit": "um" if source.pixel_size else None}
-    client, to_close = _cluster(args)
-    height_written = False
-    try:
-        with TiledTiffWriter(outputs[0], source.shape[1:], source.dtype, pyramid=args.pyramid,
-                             overwrite=args.overwrite, **pixel) as fused_out:
-            height_out = None
-            if args.height_map:
-                height_out = TiledTiffWriter(outputs[1], (h, w), np.float32,
-                                             pyramid=args.pyramid, overwrite=args.overwrite,
-                                             **pixel)
-            try:
-                def on_band(y0, image, height):
-                    fused_out.write_band(y0, image)
-                    if height_out is not None:
-                        if z_step is not None:
-                            height = (height * z_step).astype(np.float32)
-                        height_out.write_band(y0, height)
-
-                from .tiles import as_dask
-
-                run = run_tiles(as_dask(source, tile), spec.name, args.mode, device, params,
-                                tile=tile, overlap=args.overlap, dtype=source.dtype,
-                                on_band=on_band, progress=_TileBar(args.quiet))
-                if height_out is not None:
-                    height_out.close()
-                    height_written = True
-            except BaseException:
-                if height_out is not None:
-                    height_out.abort()
-                raise
-        # the fused image is moved into place last of all; if that fails, no height map alone
-    except BaseException:
-        if height_written:  # the fused image failed after it: no height map alone
-            outputs[1].unlink(missing_ok=True)
-        raise
-    finally:
-        release(device)
-        for thing in to_close:
-            thing.close()
+    z_step = _z_step_um(args, info, source.z_step_um) if args.height_map else None
+    to_height = None if z_step is None else (lambda h: (h * z_step).astype(np.float32))
+    run, device = _tile_and_write(args, spec, params, outputs, as_dask(source, tile),
+                                  source.pixel_size, to_height, tile)
     if not args.quiet:
         elapsed = time.perf_counter() - start
         plan = run.plan
@@ -674,7 +907,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         _print_slice_order(args)
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            print(f"height map:  {outputs[1].resolve()}")
+            print(f"height map:  {outputs[1].resolve()} "
+                  f"({_height_note(z_step, args.z_step is not None)})")
     return EXIT_OK
 
 

@@ -849,8 +849,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
         colour or channel axis has none), stored where :func:`read_physical_scale`, Fiji
         and OME readers find it: as ImageJ metadata (resolution tags, ``spacing``,
         ``unit``) for grey uint8, uint16 and float32 and RGB uint8, as OME-XML
-        (``PhysicalSizeX/Y/Z``, plus resolution tags in centimetres) for other dtypes. The
-        pages are laid out as without it.
+        (``PhysicalSizeX/Y/Z``, plus resolution tags in centimetres) for other dtypes and
+        for every ``.ome.tif`` / ``.ome.tiff`` name (which is always written as OME-TIFF).
+        The pages are laid out as without it.
     unit : str or sequence of str, optional
         The unit of ``scale``, one for all axes or one per entry: a length such as "µm",
         "micron", "nm" or "mm" (stored in micrometres), or None or "pixel" for a size
@@ -870,7 +871,12 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     if scale is not None:
         if fmt != "TIFF":
             raise MfifError(f"{fmt} files carry no pixel size here; write a .tif to keep it")
-        pixel_size = _tiff_pixel_size(image, scale, unit, metadata, stack)
+        pixel_size = _tiff_pixel_size(image, scale, unit, metadata, stack,
+                                      ome=is_ome_name(path))
+    elif fmt == "TIFF" and is_ome_name(path):  # OME-XML naming the axes, as the name promises
+        _, axes = tiff_layout(image, stack=stack)
+        if axes:
+            pixel_size = {"ome": True, "metadata": dict(metadata or {}, axes=axes)}
     write_atomically(path, lambda tmp: _encode(tmp, image, fmt, metadata, pixel_size, stack),
                      overwrite=overwrite)
     return path
@@ -943,8 +949,13 @@ def tiff_layout(image: np.ndarray, *, stack: bool = False) -> tuple[dict, str]:
     return {"photometric": "minisblack"}, ""
 
 
+def is_ome_name(path: str | os.PathLike) -> bool:
+    """True for a name that promises an OME-TIFF (``.ome.tif`` / ``.ome.tiff``)."""
+    return Path(path).name.lower().endswith((".ome.tif", ".ome.tiff"))
+
+
 def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None,
-                     stack: bool = False) -> dict:
+                     stack: bool = False, ome: bool = False) -> dict:
     """The tifffile keywords that store ``scale`` (see :func:`write_image`)."""
     layout, axes = tiff_layout(image, stack=stack)
     image, _ = _drop_single_channel(image, stack)
@@ -975,7 +986,7 @@ def _tiff_pixel_size(image: np.ndarray, scale, unit, metadata: dict | None,
 
     extra = dict(metadata or {}, axes=axes)
     rgb = layout["photometric"] == "rgb"
-    imagej = (
+    imagej = not ome and (
         image.nbytes < 2**32 - 2**25  # ImageJ hyperstacks are not BigTIFF
         and ((not axes.endswith("S") and image.dtype in (np.uint8, np.uint16, np.float32))
              or (rgb and image.dtype == np.uint8 and image.shape[-1] == 3))
@@ -1055,3 +1066,34 @@ def _move_into_place(tmp: str, path: Path, overwrite: bool) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def write_ome_tiff(path: str | os.PathLike, image: np.ndarray, axes: str, *,
+                   pixel_size: tuple[float, float] | None = None,
+                   description: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``image`` atomically as an OME-TIFF whose OME-XML names its ``axes`` (letters
+    from T, C, Y, X and a trailing S for RGB samples), its (y, x) ``pixel_size`` in
+    micrometres where known (also as resolution tags in centimetres, for plain TIFF
+    readers), and ``description`` (e.g. the z values a height map was made from)."""
+    import tifffile
+
+    image = np.asarray(image)
+    path = check_output(path, overwrite=overwrite)
+    if output_format(path) != "TIFF" or len(axes) != image.ndim:
+        raise MfifError(f"an OME-TIFF needs a .tif name and one axis letter per axis, got "
+                        f"{Path(path).name!r} and {axes!r} for shape {image.shape}")
+    metadata: dict = {"axes": axes}
+    kwargs: dict = {"photometric": "rgb" if axes.endswith("S") else "minisblack"}
+    if pixel_size is not None:
+        y, x = (float(v) for v in pixel_size)
+        metadata.update(PhysicalSizeY=y, PhysicalSizeYUnit=MICROMETRE,
+                        PhysicalSizeX=x, PhysicalSizeXUnit=MICROMETRE)
+        kwargs.update(resolution=(1e4 / x, 1e4 / y), resolutionunit=tifffile.RESUNIT.CENTIMETER)
+    if description:
+        metadata["Description"] = description
+
+    def encode(tmp):
+        tifffile.imwrite(tmp, image, ome=True, metadata=metadata, **kwargs)
+
+    write_atomically(path, encode, overwrite=overwrite)
+    return path
