@@ -70,7 +70,8 @@ def test_npe2_validates_and_lists_the_plugin():
     assert [s.key for s in manifest.contributions.sample_data] == [
         "focal_stack", "fluorescence_stack", "brightfield_stack"]
     (reader,) = manifest.contributions.readers
-    assert reader.filename_patterns == ["*.tif", "*.tiff"] and not reader.accepts_directories
+    assert reader.filename_patterns == ["*.tif", "*.tiff", "*.czi", "*.nd2", "*.lif", "*.zarr"]
+    assert reader.accepts_directories  # OME-Zarr folders
     (writer,) = manifest.contributions.writers
     assert writer.layer_types == ["image"]
     assert writer.filename_extensions == [".tif", ".tiff"]

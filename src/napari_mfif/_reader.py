@@ -1,8 +1,10 @@
-"""napari reader: TIFF focal stacks as lazy (dask) layers with their physical pixel size.
+"""napari reader: TIFF focal stacks, and CZI, ND2, LIF and OME-Zarr files, as lazy (dask)
+layers with their physical pixel size and z step.
 
 napari calls :func:`napari_get_reader` with the path being opened; it answers with a reader
-function for a single TIFF file (by extension and content) and None for anything else, so
-that other readers get their turn.
+function for a single TIFF file (by extension and content) or a microscope file
+(:mod:`napari_mfif.formats`) and None for anything else, so that other readers get their
+turn.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def napari_get_reader(path):
     if not isinstance(path, (str, os.PathLike)):
         return None
     path = Path(path)
+    from .formats import is_microscope_file
+
+    if is_microscope_file(path):
+        return read_microscope_file
     if path.suffix.lower() not in _EXTENSIONS or not path.is_file():
         return None
     from .io import is_tiff
@@ -164,3 +170,58 @@ def _napari_takes_units() -> bool:
     except ImportError:
         return False
     return "units" in inspect.signature(Image.__init__).parameters
+
+
+def read_microscope_file(path) -> list[tuple]:
+    """Read a CZI, ND2, LIF or OME-Zarr file as napari image layers, one per scene and
+    channel, read on demand.
+
+    Each layer is (T, Z, Y, X) or (Z, Y, X), the planes in rising z (a file recorded top
+    down is turned over), with the file's pixel size and z step as ``scale`` (in µm), the
+    channel's name, and ``metadata["napari_mfif"]`` holding the source, the scene, the axes
+    letters (which the Fuse widget takes its z axis from), the units and the planes' z.
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            raise MfifError(f"the napari-mfif reader opens one file at a time, not {len(path)}")
+        path = path[0]
+    import numpy as np
+
+    from .formats import _stem, open_scenes
+
+    path = Path(path)
+    scenes = open_scenes(path, "all")
+    layers = []
+    for stack in scenes:
+        data = stack.data
+        order = stack.z_order()
+        if not np.array_equal(order, np.arange(len(order))):
+            data = data[:, :, order]
+        sizes = stack.sizes
+        keep_t = sizes["T"] > 1
+        data = data if keep_t else data[0]
+        axes = ("T" if keep_t else "") + "CZYX" + ("S" if "S" in stack.dims else "")
+        channel = axes.index("C")
+        z = stack.sorted_z()
+        step = float(np.mean(np.diff(z))) if z is not None and len(z) > 1 else None
+        known = step is not None and step > 0 and stack.pixel_size is not None
+        spatial = (step, *stack.pixel_size) if known else (1.0, 1.0, 1.0)
+        scale = ((1.0,) if keep_t else ()) + spatial
+        units = (("pixel",) if keep_t else ()) + ("µm",) * 3 if known else None
+        name = _stem(path) + (f" [{stack.scene}]" if len(scenes) > 1 else "")
+        names = [f"{name} {c}" if sizes["C"] > 1 else name
+                 for c in (stack.channel_names or [str(i) for i in range(sizes["C"])])]
+        meta = {"napari_mfif": {"source": str(path), "scene": stack.scene,
+                                "axes": axes.replace("C", ""), "units": units,
+                                "z_positions": None if z is None else [float(v) for v in z]}}
+        origin = float(z[0]) + 0.0 if known else 0.0
+        kwargs = {"scale": scale, "rgb": "S" in axes, "metadata": meta,
+                  "translate": ((0.0,) if keep_t else ()) + (origin, 0.0, 0.0)}
+        kwargs.update(_layer_units_kwarg(units))
+        if sizes["C"] > 1:
+            kwargs.update(channel_axis=channel, name=names)
+        else:
+            data = data[(slice(None),) * channel + (0,)]
+            kwargs["name"] = names[0]
+        layers.append((data, kwargs, "image"))
+    return layers
