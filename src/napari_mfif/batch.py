@@ -5,8 +5,9 @@ with the Namespace a ``fuse`` command line for that stack would give), so every 
 single run applies to each stack alike: the slice axis, the memory estimate and the switch
 to tiles, the natural order of slice files, atomic writing that never clobbers.
 
-A stack is each multi-page TIFF directly in the input folder and each subfolder holding two
-or more image files (its slices). A stack whose outputs all exist is skipped, which makes a
+A stack is each multi-page TIFF directly in the input folder, each scene of each CZI, ND2,
+LIF file and OME-Zarr there, and each subfolder holding two or more image files (its
+slices). A stack whose outputs all exist is skipped, which makes a
 stopped batch resumable by running the same command again; a stack that fails is reported
 in one line and the others are still fused. What was done is written to
 ``batch_summary.csv`` in the output folder.
@@ -28,13 +29,14 @@ from pathlib import Path
 from ._errors import MfifError
 from .cli import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, _cmd_fuse, _os_error, _params,
                   build_parser)
+from .formats import is_ome_zarr as is_zarr
 from .stack import available_cores
 
 #: image files a subfolder's slices may be (by name: the folder is listed, not read)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 SUMMARY_NAME = "batch_summary.csv"
-COLUMNS = ("input", "output", "height_map", "method", "mode", "seconds", "slices", "status",
+COLUMNS = ("input", "scene", "output", "height_map", "method", "mode", "seconds", "slices", "status",
            "message")
 
 #: options of ``batch`` passed on unchanged to each stack's ``fuse``
@@ -54,11 +56,31 @@ class Stack:
     inputs: list[str]  # the files ``fuse`` is given
     outputs: list[Path]  # fused image[, height map]
     result: dict = field(default_factory=dict)  # status, seconds, slices, message
+    scene: int | None = None  # of a microscope file (CZI, ND2, LIF, OME-Zarr)
 
     @property
     def label(self) -> str:
-        """The stack as messages name it: the file name, or the folder name and a slash."""
-        return self.source.name + ("/" if self.source.is_dir() else "")
+        """The stack as messages name it: the file name, or the folder name and a slash,
+        and the scene of a file that holds several."""
+        name = self.source.name + ("/" if self.source.is_dir() else "")
+        return name if self.scene is None else f"{name} scene {self.scene}"
+
+
+def _scene_stacks(path: Path, out_dir: Path, fmt: str, height_map: bool) -> list[Stack]:
+    """One stack per scene of a microscope file (one for a file of one scene, or that
+    cannot be opened here: fusing it then says why)."""
+    from .formats import list_scenes
+
+    try:
+        n = len(list_scenes(path))
+    except MfifError:
+        n = 1
+    name = _stem(path)
+    if n == 1:
+        return [Stack(path, [os.fspath(path)], _output_paths(name, out_dir, fmt, height_map))]
+    return [Stack(path, [os.fspath(path)],
+                  _output_paths(f"{name}_s{i}", out_dir, fmt, height_map), scene=i)
+            for i in range(n)]
 
 
 def _visible(path: Path) -> bool:
@@ -94,7 +116,11 @@ def find_stacks(input_dir: Path, out_dir: Path, *, fmt: str = "tif",
     inside ``input_dir``."""
     from . import io
 
+    from .formats import is_microscope_file
+
     entries = io.natural_sorted([p for p in input_dir.iterdir() if _visible(p)])
+    micro = [p for p in entries if not _same_dir(p, out_dir) and is_microscope_file(p)]
+    entries = [p for p in entries if p not in micro]
     tiffs = [p for p in entries if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES]
     others = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
               and p.suffix.lower() not in TIFF_SUFFIXES]
@@ -106,7 +132,10 @@ def find_stacks(input_dir: Path, out_dir: Path, *, fmt: str = "tif",
     if _same_dir(input_dir, out_dir):
         tiffs = [p for p in tiffs if p.name.casefold() not in ours]
     stacks, singles, thin = [], [p for p in others if p.name.casefold() not in ours], []
-    for path in io.natural_sorted(tiffs + folders):
+    for path in io.natural_sorted(tiffs + folders + micro):
+        if path in micro:
+            stacks.extend(_scene_stacks(path, out_dir, fmt, height_map))
+            continue
         if path.is_dir():
             slices = io.natural_sorted([
                 os.fspath(p) for p in path.iterdir()
@@ -133,7 +162,9 @@ def find_stacks(input_dir: Path, out_dir: Path, *, fmt: str = "tif",
 
 
 def _stem(path: Path) -> str:
-    return path.name if path.is_dir() else path.stem
+    from .formats import _stem as file_stem
+
+    return path.name if path.is_dir() and not is_zarr(path) else file_stem(path)
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -153,6 +184,7 @@ def _fuse_args(args: argparse.Namespace, base: argparse.Namespace,
     ns.output = os.fspath(stack.outputs[0])
     ns.height_map = os.fspath(stack.outputs[1]) if len(stack.outputs) > 1 else None
     ns.quiet = False  # its report (and shift warning) is captured, not printed
+    ns.scene = stack.scene
     return ns
 
 
@@ -265,6 +297,7 @@ def _row(stack: Stack, method: str, mode: str) -> dict:
     seconds = result.get("seconds")
     return {
         "input": os.fspath(stack.source.resolve()),
+        "scene": "" if stack.scene is None else str(stack.scene),
         "output": os.fspath(stack.outputs[0].resolve()) if done else "",
         "height_map": os.fspath(stack.outputs[1].resolve()) if done and len(stack.outputs) > 1
         else "",
