@@ -231,3 +231,45 @@ def test_no_fused_image_without_its_height_map(tiff_stack, tmp_path, monkeypatch
     assert code == (130 if error is KeyboardInterrupt else 2)
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+def test_progress_lines_on_a_pipe_and_none_with_quiet(tmp_path):
+    """An in-memory run reports its progress on stderr, a line per tenth when stderr is not
+    a terminal, and nothing with -q; stdout keeps only the summary."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    s = focal_stack(n_slices=6, shape=(96, 96), dtype=np.uint16, seed=2)
+    mf.write_image(tmp_path / "s.tif", s.stack, stack=True)
+    exe = Path(sys.executable).parent / "napari-mfif"
+    env = {**os.environ, "NAPARI_MFIF_PROGRESS_DELAY": "0"}
+    res = subprocess.run([str(exe), "fuse", str(tmp_path / "s.tif"), "-o",
+                          str(tmp_path / "f.tif")], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines and all(line.startswith("fusing: ") for line in lines)
+    assert "(100%)" in lines[-1] and len(lines) <= 10
+    assert "fusing" not in res.stdout
+    res = subprocess.run([str(exe), "fuse", str(tmp_path / "s.tif"), "-o",
+                          str(tmp_path / "g.tif"), "-q"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
+
+
+def test_progress_bar_on_a_terminal_is_tqdm():
+    import io as _io
+
+    from napari_mfif._progress import Progress
+
+    class Terminal(_io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    bar = Progress("fusing", "step", stream=out)
+    bar.start -= 5  # as if the run had gone on for 5 s
+    for k in range(1, 11):
+        bar(k, 10)
+    assert "fusing: 100%" in out.getvalue() and "10/10" in out.getvalue()

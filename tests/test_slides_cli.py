@@ -16,9 +16,12 @@ from napari_mfif.synthetic import fluorescence_image, focal_stack
 from napari_mfif.tiles import default_overlap
 
 
-def run_cli(*args):
+def run_cli(*args, env=None):
+    import os
+
     exe = Path(sys.executable).parent / "napari-mfif"
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +46,16 @@ def test_tiled_cli_equals_whole_image_cli_and_keeps_pixel_size(slide, tmp_path):
     whole, tiled = tmp_path / "whole.tif", tmp_path / "tiled.tif"
     assert main(["fuse", str(stack), "-o", str(whole), "-q"]) == 0
     res = run_cli("fuse", stack, "-o", tiled, "--height-map", tmp_path / "h.tif",
-                  "--height-units", "um", "--tile-size", "128")
+                  "--height-units", "um", "--tile-size", "128",
+                  env={"NAPARI_MFIF_PROGRESS_DELAY": "0"})  # lines even for a quick run
     assert res.returncode == 0, res.stderr
     spec = get_method(DEFAULT_METHOD)  # the overlap is the default method's reach
     overlap = default_overlap(spec, dict(spec.params), len(s.stack), "nway")
     assert f"12 tiles of 128 px, overlap {overlap} px, 3 passes" in res.stdout
-    assert "tiles 36/36 (100%)" in res.stderr  # the progress over tiles
+    # the progress over tiles: a line per tenth on a pipe (no terminal), the last at 100 %
+    lines = [line for line in res.stderr.splitlines() if line.startswith("tiles: ")]
+    assert 5 <= len(lines) <= 10 and lines[-1].startswith("tiles: 36/36 tiles (100%)")
+    assert "s left" in lines[0]
     a, b = tifffile.imread(whole), tifffile.imread(tiled)
     assert b.dtype == np.uint16 and np.array_equal(a, b)
     api = mf.fuse(s.stack)
@@ -102,7 +109,7 @@ def test_interrupted_tiled_run_leaves_no_output(slide, tmp_path, monkeypatch, ca
         if done > total // 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli._TileBar, "__call__", interrupt)
+    monkeypatch.setattr(cli.Progress, "__call__", interrupt)
     code = main(["fuse", str(stack), "-o", str(out), "--height-map", str(height),
                  "--tile-size", "128"])
     assert code == 130 and "no output was written" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from ._errors import MfifError
+from ._progress import Progress
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -509,6 +510,7 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
                          else np.moveaxis(stack, layout["z_axis"], 0))
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device,
+                  progress=Progress("fusing", "step", quiet=args.quiet),
                   focus_channel=_focus_channel(args.focus_channel), align=args.align,
                   align_frame=args.align_frame, **_with_known_z(args, info, layout), **params)
     pixel = _pixel_size(io, info, outputs[0])
@@ -623,6 +625,7 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
             _fuse_scene_tiled(args, stack, method, params, outs, start)
             continue
         scene = fuse_scene(stack, method, mode=args.mode, device=args.device,
+                           progress=Progress("fusing", "step", quiet=args.quiet),
                            focus_channel=_focus_channel(args.focus_channel), align=args.align,
                            align_frame=args.align_frame, **params)
         height = scene.height
@@ -747,32 +750,6 @@ def _warn_if_shifted(stack) -> None:
               file=sys.stderr, flush=True)
 
 
-class _TileBar:
-    """A progress bar over tiles on stderr: redrawn in place on a terminal, a line per
-    tenth otherwise (logs of batch jobs)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.shown = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet or total <= 0:
-            return
-        if self.tty:
-            width = 30
-            filled = width * done // total
-            sys.stderr.write(f"\rtiles [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-            return
-        tenth = 10 * done // total
-        if tenth > self.shown:
-            self.shown = tenth
-            print(f"tiles {done}/{total} ({100 * done // total}%)", file=sys.stderr, flush=True)
-
-
 def _cluster(args):
     """A dask.distributed client for --workers / --scheduler (None for neither), and what
     to close afterwards."""
@@ -837,7 +814,8 @@ def _tile_and_write(args, spec, params, outputs, array, pixel_size, to_height, t
 
                 run = run_tiles(array, spec.name, args.mode, device, params,
                                 tile=tile, overlap=args.overlap, dtype=array.dtype,
-                                on_band=on_band, progress=_TileBar(args.quiet))
+                                on_band=on_band,
+                                progress=Progress("tiles", "tile", quiet=args.quiet))
                 if height_out is not None:
                     height_out.close()
                     height_written = True
