@@ -72,9 +72,10 @@ def test_npe2_validates_and_lists_the_plugin():
     (reader,) = manifest.contributions.readers
     assert reader.filename_patterns == ["*.tif", "*.tiff", "*.czi", "*.nd2", "*.lif", "*.zarr"]
     assert reader.accepts_directories  # OME-Zarr folders
-    (writer,) = manifest.contributions.writers
-    assert writer.layer_types == ["image"]
-    assert writer.filename_extensions == [".tif", ".tiff"]
+    tiff, zarr = manifest.contributions.writers
+    assert tiff.layer_types == zarr.layer_types == ["image"]
+    assert tiff.filename_extensions == [".tif", ".tiff"]
+    assert zarr.filename_extensions == [".zarr"]
 
 
 def test_wheel_carries_the_manifest(tmp_path):

@@ -38,6 +38,7 @@ API_MODULES = (
     "napari_mfif.layers",
     "napari_mfif.io",
     "napari_mfif.formats",
+    "napari_mfif.ngff",
     "napari_mfif.align",
 )
 #: names that are public but documented elsewhere: module -> {name: documented as}

@@ -198,30 +198,62 @@ def read_microscope_file(path) -> list[tuple]:
         if not np.array_equal(order, np.arange(len(order))):
             data = data[:, :, order]
         sizes = stack.sizes
-        keep_t = sizes["T"] > 1
-        data = data if keep_t else data[0]
-        axes = ("T" if keep_t else "") + "CZYX" + ("S" if "S" in stack.dims else "")
-        channel = axes.index("C")
+        keep_t, keep_z = sizes["T"] > 1, sizes["Z"] > 1
+        # the axes kept, each with its scale, unit and offset: T, C, Z only where longer
+        # than 1 (C is split into layers by napari), then Y, X (and RGB samples)
         z = stack.sorted_z()
         step = float(np.mean(np.diff(z))) if z is not None and len(z) > 1 else None
-        known = step is not None and step > 0 and stack.pixel_size is not None
-        spatial = (step, *stack.pixel_size) if known else (1.0, 1.0, 1.0)
-        scale = ((1.0,) if keep_t else ()) + spatial
-        units = (("pixel",) if keep_t else ()) + ("µm",) * 3 if known else None
+        z_known = step is not None and step > 0
+        pixel = stack.pixel_size
+        geometry = [("T", 1.0, "pixel", 0.0), ("C", 1.0, "pixel", 0.0),
+                    ("Z", step if z_known else 1.0, "µm" if z_known else "pixel",
+                     float(z[0]) + 0.0 if z_known else 0.0),
+                    ("Y", pixel[0] if pixel else 1.0, "µm" if pixel else "pixel", 0.0),
+                    ("X", pixel[1] if pixel else 1.0, "µm" if pixel else "pixel", 0.0)]
+        keep = [i for i, (axis, *_) in enumerate(geometry)
+                if (axis != "T" or keep_t) and (axis != "Z" or keep_z)]
+        index = tuple(slice(None) if i in keep else 0 for i in range(5))
+        data = data[index]
+        axes = "".join(geometry[i][0] for i in keep) + ("S" if "S" in stack.dims else "")
+        spatial = [geometry[i] for i in keep if geometry[i][0] != "C"]
+        scale = tuple(g[1] for g in spatial)
+        units = tuple(g[2] for g in spatial) if (z_known or pixel) else None
         name = _stem(path) + (f" [{stack.scene}]" if len(scenes) > 1 else "")
         names = [f"{name} {c}" if sizes["C"] > 1 else name
                  for c in (stack.channel_names or [str(i) for i in range(sizes["C"])])]
         meta = {"napari_mfif": {"source": str(path), "scene": stack.scene,
                                 "axes": axes.replace("C", ""), "units": units,
                                 "z_positions": None if z is None else [float(v) for v in z]}}
-        origin = float(z[0]) + 0.0 if known else 0.0
         kwargs = {"scale": scale, "rgb": "S" in axes, "metadata": meta,
-                  "translate": ((0.0,) if keep_t else ()) + (origin, 0.0, 0.0)}
+                  "translate": tuple(g[3] for g in spatial)}
         kwargs.update(_layer_units_kwarg(units))
+        channel = axes.index("C")
         if sizes["C"] > 1:
             kwargs.update(channel_axis=channel, name=names)
         else:
             data = data[(slice(None),) * channel + (0,)]
             kwargs["name"] = names[0]
+        if not keep_z and sizes["C"] == 1:  # a 2-D image: its pyramid, where it has one
+            levels = _zarr_levels(stack, lambda a: a[index][(slice(None),) * channel + (0,)])
+            if levels:
+                data, kwargs["multiscale"] = [data] + levels, True
         layers.append((data, kwargs, "image"))
     return layers
+
+
+def _zarr_levels(stack, cut) -> list:
+    """The smaller levels of an OME-Zarr image's pyramid (a fused image written by
+    napari-mfif has them), each cut by ``cut`` as level 0 was; empty for other files."""
+    from .formats import _bioimage, _zarr_images, is_ome_zarr
+
+    if not is_ome_zarr(stack.path):
+        return []
+    try:
+        image = _bioimage(_zarr_images(stack.path)[stack.scene_index], zarr=True)
+        levels = []
+        for level in image.resolution_levels[1:]:
+            image.set_resolution_level(level)
+            levels.append(cut(image.get_image_dask_data(stack.dims)))
+    except Exception:  # noqa: BLE001 - a pyramid that cannot be read: level 0 alone
+        return []
+    return levels

@@ -90,3 +90,51 @@ def _refusal(message: str) -> MfifError:
     # reason there.
     warnings.warn(message, stacklevel=3)
     return MfifError(message)
+
+
+def write_zarr(path: str, data, meta: dict) -> list[str]:
+    """Write one 2-D napari image layer (grey or RGB, such as a fused image or a height map)
+    to a new OME-Zarr store with a pyramid and the layer's pixel size in micrometres
+    (:mod:`napari_mfif.ngff`), band by band: a lazy layer is read a band at a time.
+
+    Parameters
+    ----------
+    path : str
+        The store, ending in .zarr (e.g. ``fused.ome.zarr``); it must not exist yet.
+    data : array-like or list of array-like
+        The layer's data (for a multiscale layer, the full-resolution level is written).
+    meta : dict
+        ``scale``, ``units``, ``rgb``, ``multiscale``, ``name``, as napari gives them.
+
+    Returns
+    -------
+    list of str
+        ``[path]``.
+    """
+    from .io import _micrometres_per
+    from .ngff import CHUNK, OmeZarrWriter, is_zarr_name
+
+    target = Path(path)
+    if not is_zarr_name(target):
+        raise _refusal(f"napari-mfif writes OME-Zarr to a .zarr folder, not {target.name}")
+    if target.exists():
+        raise _refusal(f"{target} exists and napari-mfif never replaces it; choose a new name")
+    if meta.get("multiscale"):
+        data = data[0]
+    rgb = bool(meta.get("rgb", False))
+    if len(data.shape) - rgb != 2:
+        raise _refusal(f"napari-mfif writes a 2-D layer (a fused image, a height map) as "
+                       f"OME-Zarr, not one of shape {tuple(data.shape)}")
+    scale = [float(s) for s in meta.get("scale", (1.0, 1.0))][-2:]
+    units = list(meta.get("units") or ("pixel", "pixel"))[-2:]
+    factors = [_micrometres_per(str(u)) for u in units]
+    pixel = None if None in factors else (scale[0] * factors[0], scale[1] * factors[1])
+    try:
+        with OmeZarrWriter(target, data.shape, np.dtype(data.dtype),
+                           axes="YXS" if rgb else "YX", pixel_size=pixel,
+                           name=meta.get("name") or target.name) as out:
+            for y0 in range(0, data.shape[0], CHUNK):
+                out.write_band(y0, np.asarray(data[y0:y0 + CHUNK]))
+    except MfifError as exc:
+        raise _refusal(str(exc)) from None
+    return [str(target)]

@@ -108,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument("inputs", nargs="*", metavar="INPUT", help="the stack or its slices")
     fuse.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                      help="fused image: .tif (any dtype), .png (8 or 16-bit) or .jpg (8-bit); keeps "
+                      help="fused image: .tif or .ome.zarr (any dtype; OME-Zarr with a pyramid, "
+                           "needs the formats extra), .png (8 or 16-bit) or .jpg (8-bit); keeps "
                            "the input dtype")
     _method_options(fuse)
     fuse.add_argument("--height-map", metavar="HEIGHT.tif", default=None,
-                      help="also write the height map (float32 TIFF)")
+                      help="also write the height map (float32: .tif or .ome.zarr)")
     fuse.add_argument("--height-units", default="auto", choices=("auto", "slices", "um"),
                       help="the height map in micrometres where the z step is known (from the "
                            "file, or --z-step) and in slices (0 = first slice) otherwise "
@@ -257,7 +258,7 @@ def _pixel_size(io, info, output: Path) -> dict:
     """The (y, x) pixel size of the first input (``info``, its TIFF tags, or None), to keep
     in a TIFF output: ``scale`` and ``unit`` keywords for ``write_image``, or none when it
     is unknown."""
-    if io.output_format(output) != "TIFF" or info is None:
+    if io.output_format(output) not in ("TIFF", "OME-Zarr") or info is None:
         return {}
     scale, units = info.physical
     if units is None and all(s == 1.0 for s in scale[-2:]):
@@ -406,7 +407,7 @@ def _height_note(z_step: float | None, given: bool) -> str:
     """How the height map is measured, for the run summary."""
     if z_step is None:
         return "in slices, 0 = first slice; the z step is unknown (give it with --z-step)"
-    return f"in µm, z step {z_step:g} µm ({'--z-step' if given else 'from the file'})"
+    return f"in µm: z step {z_step:g} µm, {'--z-step' if given else 'from the file'}"
 
 
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
@@ -451,8 +452,8 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
     spec = get_method(method)
     params = spec.resolve_params(_params(args.param))
     outputs = [Path(args.output)] + ([Path(args.height_map)] if args.height_map else [])
-    if args.height_map and io.output_format(args.height_map) != "TIFF":
-        raise MfifError("the height map is float32: give it a .tif or .tiff name")
+    if args.height_map and io.output_format(args.height_map) not in ("TIFF", "OME-Zarr"):
+        raise MfifError("the height map is float32: give it a .tif, .tiff or .ome.zarr name")
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise MfifError("the fused image and the height map must go to different files")
     if len(args.inputs) == 1:
@@ -639,7 +640,13 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
         written = []
         try:
             for path, (image, axes, note) in zip(outs, images):
-                if io.output_format(path) == "TIFF":
+                if io.output_format(path) == "OME-Zarr":
+                    from .ngff import write_ome_zarr
+
+                    write_ome_zarr(path, image, axes, pixel_size=stack.pixel_size,
+                                   overwrite=args.overwrite, name=path.name,
+                                   attributes={"description": note} if note else None)
+                elif io.output_format(path) == "TIFF":
                     io.write_ome_tiff(path, image, axes, pixel_size=stack.pixel_size,
                                       description=note, overwrite=args.overwrite)
                 else:
@@ -674,7 +681,7 @@ def _scene_tileable(args, stack, method: str, outputs) -> bool:
     sizes = stack.sizes
     return (sizes["T"] == 1 and sizes["C"] == 1 and get_method(method).tiling is not None
             and not args.align and args.focus_channel is None
-            and all(io.output_format(out) == "TIFF" for out in outputs))
+            and all(io.output_format(out) in ("TIFF", "OME-Zarr") for out in outputs))
 
 
 def _fuse_scene_tiled(args, stack, method: str, params: dict, outputs, start: float) -> None:
@@ -787,23 +794,19 @@ def _tile_and_write(args, spec, params, outputs, array, pixel_size, to_height, t
     by band (``outputs``: fused image[, height map]; ``to_height`` turns a band of the height
     map from slices into its units, None keeps slices); returns (run, device)."""
     from ._device import release, resolve_device
-    from .slide_io import TiledTiffWriter
     from .tiles import run_tiles
 
     h, w = (int(n) for n in array.shape[1:3])
     device = resolve_device(args.device, spec.devices, spec.name,
                             auto_cuda=spec.auto_cuda)
-    pixel = {"pixel_size": pixel_size, "unit": "um" if pixel_size else None}
     client, to_close = _cluster(args)
     height_written = False
     try:
-        with TiledTiffWriter(outputs[0], array.shape[1:], array.dtype, pyramid=args.pyramid,
-                             overwrite=args.overwrite, **pixel) as fused_out:
+        with _band_writer(args, outputs[0], array.shape[1:], array.dtype,
+                          pixel_size) as fused_out:
             height_out = None
             if args.height_map:
-                height_out = TiledTiffWriter(outputs[1], (h, w), np.float32,
-                                             pyramid=args.pyramid, overwrite=args.overwrite,
-                                             **pixel)
+                height_out = _band_writer(args, outputs[1], (h, w), np.float32, pixel_size)
             try:
                 def on_band(y0, image, height):
                     fused_out.write_band(y0, image)
@@ -835,6 +838,22 @@ def _tile_and_write(args, spec, params, outputs, array, pixel_size, to_height, t
     return run, device
 
 
+def _band_writer(args, path: Path, shape, dtype, pixel_size):
+    """The writer that takes an output band by band: a tiled BigTIFF (a pyramid with
+    --pyramid) or an OME-Zarr store (always with its pyramid)."""
+    from . import io
+
+    if io.output_format(path) == "OME-Zarr":
+        from .ngff import OmeZarrWriter
+
+        return OmeZarrWriter(path, shape, dtype, axes="YX" if len(shape) == 2 else "YXS",
+                             pixel_size=pixel_size, overwrite=args.overwrite, name=path.name)
+    from .slide_io import TiledTiffWriter
+
+    return TiledTiffWriter(path, shape, dtype, pyramid=args.pyramid, overwrite=args.overwrite,
+                           pixel_size=pixel_size, unit="um" if pixel_size else None)
+
+
 def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
@@ -856,9 +875,9 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
             raise MfifError(f"tile by tile, the inputs are read from TIFF files; {path} is not "
                             "a TIFF")
     for out in outputs:
-        if io.output_format(out) != "TIFF":
-            raise MfifError(f"tile by tile, the outputs are tiled BigTIFFs; give {out.name} a "
-                            ".tif or .tiff name")
+        if io.output_format(out) not in ("TIFF", "OME-Zarr"):
+            raise MfifError(f"tile by tile, the outputs are tiled BigTIFFs or OME-Zarr; give "
+                            f"{out.name} a .tif, .tiff or .ome.zarr name")
     if args.overlap is not None and args.overlap < 0:
         raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
     tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)

@@ -787,13 +787,15 @@ _FORMAT_DTYPES = {"PNG": (np.dtype(np.uint8), np.dtype(np.uint16)), "JPEG": (np.
 def output_format(path: str | os.PathLike) -> str:
     """The format an output path asks for, from its extension."""
     suffix = Path(path).suffix.lower()
+    if suffix == ".zarr":
+        return "OME-Zarr"
     try:
         return _FORMATS[suffix]
     except KeyError:
         raise MfifError(
             f"cannot write {Path(path).name}: unsupported output extension "
-            f"{suffix or '(none)'!r}; use .tif/.tiff (any dtype), .png (8 or 16-bit) or .jpg "
-            "(8-bit)"
+            f"{suffix or '(none)'!r}; use .tif/.tiff (any dtype), .ome.zarr (any dtype), .png "
+            "(8 or 16-bit) or .jpg (8-bit)"
         ) from None
 
 
@@ -802,6 +804,10 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False,
     """Check before any work that ``path`` can be written; return it as a Path."""
     path = Path(path)
     fmt = output_format(path)
+    if fmt == "OME-Zarr":
+        from .ngff import check_output as check_zarr
+
+        return check_zarr(path, overwrite=overwrite)
     if dtype is not None and np.dtype(dtype) not in _FORMAT_DTYPES.get(fmt, (np.dtype(dtype),)):
         holds = "8-bit and 16-bit" if fmt == "PNG" else "8-bit"
         raise MfifError(
@@ -867,6 +873,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     fmt = output_format(path)
     if stack and image.ndim not in (3, 4):
         raise MfifError(f"a stack is (Z, Y, X) or (Z, Y, X, C), not shape {image.shape}")
+    if fmt == "OME-Zarr":
+        return _write_zarr(path, image, overwrite, scale, unit, stack)
     pixel_size = None
     if scale is not None:
         if fmt != "TIFF":
@@ -880,6 +888,27 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     write_atomically(path, lambda tmp: _encode(tmp, image, fmt, metadata, pixel_size, stack),
                      overwrite=overwrite)
     return path
+
+
+def _write_zarr(path: Path, image: np.ndarray, overwrite: bool, scale, unit,
+                stack: bool) -> Path:
+    """write_image for an OME-Zarr name: a (Y, X), (Y, X, C|3|4) image with its (y, x) pixel
+    size in micrometres (see napari_mfif.ngff)."""
+    from .ngff import write_ome_zarr
+
+    image, stack = _drop_single_channel(image, stack)
+    if stack or image.ndim not in (2, 3):
+        raise MfifError(f"an OME-Zarr output here holds one (Y, X) or (Y, X, C) image, not "
+                        f"shape {image.shape}")
+    pixel = None
+    if scale is not None:
+        sizes = [float(v) for v in np.ravel(scale)][-2:]
+        units = [unit] * 2 if unit is None or isinstance(unit, str) else list(unit)[-2:]
+        factors = [_micrometres_per(u) for u in units]
+        if None not in factors and len(sizes) == 2:
+            pixel = (sizes[0] * factors[0], sizes[1] * factors[1])
+    return write_ome_zarr(path, image, "YX" if image.ndim == 2 else "YXS", pixel_size=pixel,
+                          overwrite=overwrite, name=path.name)
 
 
 def write_atomically(path: Path, write, *, overwrite: bool = False) -> None:

@@ -678,7 +678,7 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
     if rows.dtype.kind == "f":
         total = rows[0::2].astype(np.float64) + rows[1::2]
         return ((total[:, 0::2] + total[:, 1::2]) / 4).astype(rows.dtype)
-    total = rows[0::2].astype(np.uint32) + rows[1::2]
+    total = rows[0::2].astype(np.int64) + rows[1::2]  # signed too (int8, int16)
     total = total[:, 0::2] + total[:, 1::2]
     return ((total + 2) // 4).astype(rows.dtype)
 
