@@ -147,3 +147,47 @@ def test_png_output_is_refused_with_tiles(slide, tmp_path):
     _, stack, _ = slide
     res = run_cli("fuse", stack, "-o", tmp_path / "out.png", "--tile-size", "128")
     assert res.returncode == 2 and "tiled BigTIFFs" in res.stderr
+
+
+def test_large_stacks_go_tile_by_tile_unasked_and_in_memory_overrides(slide, tmp_path,
+                                                                      monkeypatch, capsys):
+    """Above the rule's threshold (lowered here) a stack is fused tile by tile without any
+    option, to the same result; --in-memory keeps it whole; with tile options it is an
+    error."""
+    from napari_mfif import cli
+
+    _, stack, _ = slide
+    assert main(["fuse", str(stack), "-o", str(tmp_path / "a.tif")]) == 0
+    assert "tiles of" not in capsys.readouterr().out  # small: whole image
+    monkeypatch.setattr(cli, "TILE_ABOVE_BYTES", 1024)
+    assert main(["fuse", str(stack), "-o", str(tmp_path / "b.tif")]) == 0
+    assert "tiles of 1024 px" in capsys.readouterr().out
+    assert main(["fuse", str(stack), "-o", str(tmp_path / "c.tif"), "--in-memory"]) == 0
+    assert "tiles of" not in capsys.readouterr().out
+    a, b, c = (tifffile.imread(tmp_path / f"{n}.tif") for n in "abc")
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert main(["fuse", str(stack), "-o", str(tmp_path / "d.tif"), "--in-memory",
+                 "--tile-size", "128"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_png_slices_go_tile_by_tile_from_memory(tmp_path, monkeypatch, capsys):
+    """Image files that cannot be read by region (PNG) still fuse tile by tile: the slices
+    are held, the work is tiled; the result equals whole-image fusion."""
+    from PIL import Image
+
+    from napari_mfif import cli
+
+    s = focal_stack(n_slices=4, shape=(200, 230), dtype=np.uint8, seed=6)
+    names = []
+    for k, plane in enumerate(s.stack):
+        names.append(str(tmp_path / f"plane_{k}.png"))
+        Image.fromarray(plane).save(names[-1])
+    assert main(["fuse", *names, "-o", str(tmp_path / "whole.tif"), "-q"]) == 0
+    assert main(["fuse", *names, "-o", str(tmp_path / "tiles.tif"), "--tile-size", "64"]) == 0
+    assert "tiles of 64 px" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "TILE_ABOVE_BYTES", 1024)
+    assert main(["fuse", *names, "-o", str(tmp_path / "auto.tif"), "-q"]) == 0
+    whole = tifffile.imread(tmp_path / "whole.tif")
+    assert np.array_equal(tifffile.imread(tmp_path / "tiles.tif"), whole)
+    assert np.array_equal(tifffile.imread(tmp_path / "auto.tif"), whole)

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run the tiles on an existing dask.distributed cluster, e.g. "
                             "tcp://10.0.0.5:8786 (the workers must see the input files)")
+    tiles.add_argument("--in-memory", action="store_true",
+                       help="fuse the whole image at once even where the stack is large "
+                            "enough to go tile by tile (an error if it does not fit in memory)")
     tiles.add_argument("--pyramid", action="store_true",
                        help="also write downsampled levels (2x, 4x, ...) into the output "
                             "TIFFs, for fast viewing of whole slides")
@@ -410,6 +413,28 @@ def _height_note(z_step: float | None, given: bool) -> str:
     return f"in µm: z step {z_step:g} µm, {'--z-step' if given else 'from the file'}"
 
 
+#: a stack whose in-memory fusion is estimated to take more than this (the stack plus the
+#: method's working memory, napari_mfif._memory, which errs high: for dog the measured peak
+#: is about half of it) goes tile by tile without being asked. Measured with dog on 8-slice
+#: uint16 slides (benchmarks/tiling_rule.py): tiles take 1.14-1.18x the time of whole-image
+#: fusion from 64 MiB to 1 GiB stacks but a near-constant 0.5-0.65 GiB where whole-image
+#: fusion peaks at 8x the stack (0.7 GiB at 64 MiB, 2 GiB at 256 MiB, 8 GiB at 1 GiB); this
+#: keeps stacks of ~100 MiB and less whole (a few seconds, under 1 GiB) and tiles the rest.
+TILE_ABOVE_BYTES = 1536 * 2**20
+#: ... and so does one that would take more than this share of the free memory
+TILE_ABOVE_SHARE = 0.5
+
+
+def _tiles_pay(shape, dtype, method: str, mode: str, params: dict) -> bool:
+    """Whether fusing this stack tile by tile beats fusing it whole: its in-memory estimate
+    is above TILE_ABOVE_BYTES or TILE_ABOVE_SHARE of the free memory."""
+    from ._memory import available_bytes, fusion_bytes, stack_bytes
+
+    need = fusion_bytes(shape, dtype, method, mode, params=params) + stack_bytes(shape, dtype)
+    free = available_bytes()
+    return need > TILE_ABOVE_BYTES or (free is not None and need > TILE_ABOVE_SHARE * free)
+
+
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
                     time_axis: int | None, z_axis: int | None = None) -> tuple[int, ...]:
     """The (Z, Y, X[, C]) shape one fuse() call works on, for the memory check."""
@@ -481,16 +506,26 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
         _check_slice_axis(args, info, header[0])
     tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
                                          args.scheduler)) or args.pyramid
-    if header is not None and not tiled:  # too large for memory: say so before reading
-        try:
-            check_fits(_one_time_point(header[0], **layout), header[1], method, args.mode,
-                       params=params)
-        except MfifError:
-            # tile by tile instead, where that can be done; else the message stands
-            if (spec.tiling is None or args.align or any(v is not None for v in layout.values())
-                    or not all(io.is_tiff(p) for p in args.inputs)):
-                raise
+    if tiled and args.in_memory:
+        raise MfifError("--in-memory and the tile options (--tile-size, --overlap, --workers, "
+                        "--scheduler, --pyramid) exclude each other")
+    can_tile = (spec.tiling is not None and not args.align and args.focus_channel is None
+                and all(v is None for v in layout.values())
+                and (len(args.inputs) > 1 or _readable_tiff(io, args.inputs[0]))
+                and all(io.output_format(out) in ("TIFF", "OME-Zarr") for out in outputs))
+    if header is not None and not tiled:  # large, or too large for memory: before reading
+        shape = _one_time_point(header[0], **layout)
+        if can_tile and not args.in_memory and _tiles_pay(shape, header[1], method, args.mode,
+                                                          params):
             tiled = True
+        else:
+            try:
+                check_fits(shape, header[1], method, args.mode, params=params)
+            except MfifError:
+                # tile by tile instead, where that can be done; else the message stands
+                if not can_tile or args.in_memory:
+                    raise
+                tiled = True
     if tiled:
         return _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
@@ -589,6 +624,9 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
 
     tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
                                         args.scheduler)) or args.pyramid
+    if tiled and args.in_memory:
+        raise MfifError("--in-memory and the tile options (--tile-size, --overlap, --workers, "
+                        "--scheduler, --pyramid) exclude each other")
     source = Path(args.inputs[0])
     scenes = open_scenes(source, "all" if args.scene == "all" else
                          [0 if args.scene is None else args.scene])
@@ -614,12 +652,13 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
         elif args.height_units == "um" and args.height_map and stack.z_positions is None:
             raise MfifError("the height map in um needs the z step, which the input does not "
                             "store; give it with --z-step")
-        by_tiles = tiled
+        by_tiles = tiled or (not args.in_memory and _scene_tileable(args, stack, method, outs)
+                             and _tiles_pay(one, stack.data.dtype, method, args.mode, params))
         try:
             if not by_tiles:
                 check_fits(one, stack.data.dtype, method, args.mode, params=params)
         except MfifError:  # tile by tile instead, where that can be done
-            if not _scene_tileable(args, stack, method, outs):
+            if args.in_memory or not _scene_tileable(args, stack, method, outs):
                 raise
             by_tiles = True
         if by_tiles:
@@ -854,6 +893,15 @@ def _band_writer(args, path: Path, shape, dtype, pixel_size):
                            pixel_size=pixel_size, unit="um" if pixel_size else None)
 
 
+class _InMemorySource:
+    """A stack already in memory, in place of a TiffStackSource (no pixel size, no z
+    step): its work goes tile by tile all the same."""
+
+    def __init__(self, stack: np.ndarray):
+        self.stack, self.shape, self.dtype = stack, stack.shape, stack.dtype
+        self.pixel_size = self.z_step_um = None
+
+
 def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
@@ -870,10 +918,6 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
     if args.focus_channel is not None:
         raise MfifError("--focus-channel is not supported with tiles (focus is judged on the "
                         "luminance)")
-    for path in args.inputs:
-        if not io.is_tiff(path):
-            raise MfifError(f"tile by tile, the inputs are read from TIFF files; {path} is not "
-                            "a TIFF")
     for out in outputs:
         if io.output_format(out) not in ("TIFF", "OME-Zarr"):
             raise MfifError(f"tile by tile, the outputs are tiled BigTIFFs or OME-Zarr; give "
@@ -881,7 +925,10 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
     if args.overlap is not None and args.overlap < 0:
         raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
     tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
-    source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    if all(io.is_tiff(path) for path in args.inputs):  # read region by region
+        source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    else:  # PNG, JPEG, ...: no reading by region; the slices are held, the work tiled
+        source = _InMemorySource(io.read_stack(args.inputs))
     _check_slice_axis(args, info, source.shape)
     z, h, w = source.shape[:3]
     if report is not None:
@@ -892,8 +939,9 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         check_size(h, w)
     z_step = _z_step_um(args, info, source.z_step_um) if args.height_map else None
     to_height = None if z_step is None else (lambda h: (h * z_step).astype(np.float32))
-    run, device = _tile_and_write(args, spec, params, outputs, as_dask(source, tile),
-                                  source.pixel_size, to_height, tile)
+    array = as_dask(source.stack if isinstance(source, _InMemorySource) else source, tile)
+    run, device = _tile_and_write(args, spec, params, outputs, array, source.pixel_size,
+                                  to_height, tile)
     if not args.quiet:
         elapsed = time.perf_counter() - start
         plan = run.plan
