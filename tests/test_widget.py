@@ -207,19 +207,31 @@ def test_widget_takes_the_z_axis_from_the_file(make_napari_viewer, qtbot, tmp_pa
 def test_widget_fuses_2d_layers_in_layer_order(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     s = focal_stack(n_slices=3, shape=(64, 64), dtype=np.uint16, seed=6)
-    chosen = [viewer.add_image(sl, name=f"z{k}", scale=(0.5, 0.5)) for k, sl in enumerate(s.stack)]
+    chosen = [viewer.add_image(sl, name=f"plane_{k:02d}", scale=(0.5, 0.5))
+              for k, sl in enumerate(s.stack)]
     viewer.add_image(np.zeros((10, 10), np.uint16), name="other")
     widget = open_widget(viewer, FUSE)
     widget.source.value = "2-D layers as slices"
     assert not shown(widget.image) and shown(widget.slices)
     widget.slices.value = chosen
     run_and_wait(qtbot, widget)
-    fused, height = viewer.layers["z0 fused"], viewer.layers["z0 height map"]
+    # the results are named after the set of slices, not after its first slice
+    fused, height = viewer.layers["plane fused"], viewer.layers["plane height map"]
     assert fused.data.dtype == np.uint16 and tuple(fused.scale) == (0.5, 0.5)
-    assert "z0 height (z units)" not in viewer.layers  # no z step known
+    assert "plane height (z units)" not in viewer.layers  # no z step known
     expected = mf.fuse(s.stack)
     assert np.array_equal(fused.data, expected.image)
     assert np.allclose(height.data, expected.index_map)
+    # results are not offered as inputs: neither as slices nor as stacks
+    names = [name for name, _ in widget._flat_layers()]
+    assert names == ["plane_00", "plane_01", "plane_02", "other"]
+
+
+def test_set_names():
+    assert ml.set_name(["plane_01", "plane_02", "plane_10"]) == "plane"
+    assert ml.set_name(["DSC_0356", "DSC_0358"]) == "DSC"
+    assert ml.set_name(["a", "b"]) == "slices"
+    assert ml.set_name(["cell z=1.5", "cell z=2.0"]) == "cell z"
 
 
 def test_widget_method_parameters_reach_the_method(make_napari_viewer, qtbot):
@@ -408,3 +420,60 @@ def test_widget_fuses_a_slide_too_large_for_memory_tile_by_tile(make_napari_view
     assert np.array_equal(fused.data, mf.fuse(s.stack).image)
     # progress went over the tile tasks of three passes (one 1024-px tile here)
     assert job.steps[-1] == (3, 3)
+
+
+def test_simple_view_presets_and_advanced_settings(make_napari_viewer):
+    """The Fuse widget opens simple (input, z, specimen, Fuse); the method and its numbers
+    are under 'advanced settings'; a specimen preset picks its method with the method's own
+    parameters, and changing the method by hand shows 'custom'."""
+    from napari_mfif._widget import CUSTOM, PRESETS
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 32, 32), np.uint16), name="stack")
+    widget = open_widget(viewer, FUSE)
+    simple = ("image", "z_axis", "z_step", "specimen", "advanced", "run_button")
+    advanced = ("method", "params", "mode", "device", "align", "apply_to", "add_weights",
+                "surface")
+    assert all(shown(getattr(widget, n)) for n in simple)
+    assert not any(shown(getattr(widget, n)) for n in advanced)
+    widget.advanced.value = True
+    assert all(shown(getattr(widget, n)) for n in advanced)
+    assert shown(widget.params.panel("dog")) and not shown(widget.params.panel("cnn"))
+    reflected = next(p for p in PRESETS if p.startswith("reflected"))
+    widget.params.panel("cnn").gf_radius.value = 3
+    widget.specimen.value = reflected
+    assert widget.method.value == "cnn" and widget.params.values("cnn")["training"] == "papers"
+    assert widget.params.values("cnn")["gf_radius"] == 8  # the method's defaults again
+    widget.method.value = "sml"
+    assert widget.specimen.value == CUSTOM
+    widget.specimen.value = next(iter(PRESETS))
+    assert widget.method.value == mf.registry.DEFAULT_METHOD
+    # every control says what it is for
+    for name in simple + ("source", "slices", "method", "mode", "device", "align",
+                          "apply_to", "add_weights", "surface", "cancel_button"):
+        assert getattr(widget, name).tooltip, name
+
+
+def test_only_networks_with_shipped_weights_are_offered(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, FUSE)
+    panel = widget.params.panel("cnn")
+    assert "liu2017" not in panel.arch.choices and "compact" in panel.arch.choices
+    panel.arch.value = "compact"
+    assert set(panel.training.choices) == {"papers", "microscopy", "boundary"}
+    panel.arch.value = "dual"
+    assert list(panel.training.choices) == ["papers"] and panel.training.value == "papers"
+
+
+def test_progress_shows_in_the_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    s = focal_stack(n_slices=6, shape=(96, 96), dtype=np.uint16, seed=3)
+    viewer.add_image(s.stack, name="stack")
+    widget = open_widget(viewer, FUSE)
+    seen = []
+    widget.progress.changed.connect(lambda value: seen.append((value, widget.progress.max)))
+    widget.run()
+    assert shown(widget.progress)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert seen and seen[-1][0] == seen[-1][1] > 1  # filled to the last step
+    assert not shown(widget.progress)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import napari
 from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit,
-                              PushButton, RadioButtons, Select, SpinBox)
+                              ProgressBar, PushButton, RadioButtons, Select, SpinBox)
 from qtpy.QtCore import QObject, Signal
 
 from . import layers as _layers
@@ -25,6 +25,23 @@ from ._errors import FusionCancelled, MfifError
 from .registry import DEFAULT_METHOD, MODES, available_methods, get_method
 
 STACK, SLICES = "one stack layer", "2-D layers as slices"
+
+#: the specimen presets of the Fuse widget's simple view: (method, parameters, tooltip). Where
+#: a kind of specimen truly needs another method it is named here, not left to raw numbers;
+#: the measurements behind each are on the docs' "Which method for my specimen" page.
+CUSTOM = "custom (advanced settings)"
+PRESETS = {
+    "brightfield or fluorescence (default)": (
+        DEFAULT_METHOD, {}, "the default: sharpness from the finest detail, which ignores the "
+        "bright and dark rings that out-of-focus cells grow in brightfield; right for "
+        "fluorescence too"),
+    "reflected light (wafers, metal, circuit boards)": (
+        "cnn", {"training": "papers"}, "the focus CNN, which takes flat, shiny surfaces from "
+        "the plane where they are sharp instead of patches from blurred planes; slower"),
+    "photographs (macro, deep subjects)": (
+        "laplacian_pyramid", {}, "a Laplacian pyramid, as enfuse blends, for deep subjects "
+        "photographed with a camera (insects, minerals): sharp hairs and edges"),
+}
 
 
 class _Relay(QObject):
@@ -39,14 +56,15 @@ class _Job:
     nothing."""
 
     def __init__(self, title: str, work: Callable[[Callable[[int, int], None]], Any],
-                 on_result: Callable[[Any], None], on_end: Callable[[], None]):
+                 on_result: Callable[[Any], None], on_end: Callable[[], None],
+                 on_progress: Callable[[int, int], None] | None = None):
         from napari.qt.threading import create_worker
         from napari.utils import progress
 
         self.title = title
         self.cancel_requested = threading.Event()
         self.steps: list[tuple[int, int]] = []  # progress seen on the main thread
-        self._on_result, self._on_end = on_result, on_end
+        self._on_result, self._on_end, self._on_progress = on_result, on_end, on_progress
         self._relay = _Relay()
         self._relay.progressed.connect(self._progressed)
         self._pbar = progress(total=0, desc=title)
@@ -75,6 +93,8 @@ class _Job:
         if self._pbar.total != total:
             self._pbar.total = total
         self._pbar.update(done - self._pbar.n)
+        if self._on_progress is not None:
+            self._on_progress(done, total)
 
     def _returned(self, result: Any) -> None:
         if self.cancel_requested.is_set():
@@ -104,6 +124,20 @@ class _Job:
         self._on_end()
 
 
+def _shipped_trainings(arch: str) -> list[str]:
+    """The trainings of the focus CNN whose weights ship for ``arch`` (from the files in
+    the package, without importing torch)."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "focus" / "weights"
+    found = []
+    for training in ("papers", "microscopy", "boundary"):
+        name = f"{arch}.pt" if training == "papers" else f"{arch}_{training}.pt"
+        if (folder / name).is_file():
+            found.append(training)
+    return found
+
+
 def _show_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
@@ -120,6 +154,9 @@ class _ParamPanel(Container):
         for name, spec in available_methods().items():
             widgets = [self._widget_for(spec, key, default) for key, default in spec.params.items()]
             panel = Container(widgets=widgets, labels=True, name=f"{name}_params", label="")
+            keys = {w.name: w for w in widgets}
+            if "arch" in keys and "training" in keys:
+                self._link_training(keys["arch"], keys["training"])
             panel.margins = (0, 0, 0, 0)
             self._panels[name] = panel
             self.append(panel)
@@ -129,6 +166,8 @@ class _ParamPanel(Container):
     def _widget_for(spec, key: str, default: Any):
         tip = spec.param_help.get(key, "")
         choices = spec.param_choices.get(key)
+        if key == "arch" and choices is not None:  # only networks whose weights ship
+            choices = [c for c in choices if _shipped_trainings(c)] or list(choices)
         if choices is not None:
             return ComboBox(name=key, choices=list(choices), value=default, tooltip=tip)
         if isinstance(default, bool):
@@ -140,6 +179,26 @@ class _ParamPanel(Container):
             return FloatSpinBox(name=key, value=default, min=0.0, max=10_000.0, step=step,
                                 tooltip=tip)
         return LineEdit(name=key, value=str(default), tooltip=tip)
+
+    @staticmethod
+    def _link_training(arch, training) -> None:
+        """Offer only the trainings whose weights ship for the chosen network."""
+        def update(value):
+            offered = _shipped_trainings(value)
+            if offered:
+                keep = training.value if training.value in offered else offered[0]
+                training.choices = offered
+                training.value = keep
+
+        arch.changed.connect(update)
+        update(arch.value)
+
+    def reset(self, method: str) -> None:
+        """The method's own defaults back in its panel."""
+        spec = get_method(method)
+        for widget in self._panels[method]:
+            if widget.name in spec.params:
+                widget.value = spec.params[widget.name]
 
     def show_method(self, method: str) -> None:
         for name, panel in self._panels.items():
@@ -165,21 +224,37 @@ class _LayerJobWidget(Container):
         self.job: _Job | None = None
         self._cuda: str | None | bool = False  # False: not checked yet
 
-        self.source = RadioButtons(choices=[STACK, SLICES], value=STACK, label="input",
-                                   orientation="horizontal")
+        self.source = RadioButtons(
+            choices=[STACK, SLICES], value=STACK, label="input", orientation="horizontal",
+            tooltip="one layer that holds the whole z-stack (as opened from a multi-page TIFF "
+                    "or a microscope file), or several 2-D layers, one per focal plane")
         self.image = ComboBox(choices=self._stack_layers, label="stack layer",
-                              tooltip="an image layer holding the z-stack (grey or RGB)")
+                              tooltip="the image layer that holds the z-stack, grey or colour "
+                                      "(results of earlier runs are not listed)")
         self.z_axis = SpinBox(value=0, min=0, max=2, label="z axis",
-                              tooltip="the layer axis that runs through focus")
+                              tooltip="which axis of the layer steps through focus: 0 for "
+                                      "(z, y, x), as most files have it; set from the file "
+                                      "when it names its axes")
         self.slices = Select(choices=self._flat_layers, label="slices",
-                             tooltip="two or more 2-D layers, taken in layer-list order")
+                             tooltip="two or more 2-D layers, one per focal plane, taken in "
+                                     "the order of the layer list (click with Ctrl or Shift "
+                                     "to pick several)")
         self.method = ComboBox(choices=list(available_methods()), value=DEFAULT_METHOD,
-                               label="method", tooltip="fusion method (see the docs)")
-        self.device = ComboBox(choices=["auto", "cpu"], value="auto", label="device")
+                               label="method",
+                               tooltip="how sharpness is judged and the planes combined; "
+                                       f"{DEFAULT_METHOD} suits brightfield and fluorescence "
+                                       "(the Methods page of the docs compares them)")
+        self.device = ComboBox(choices=["auto", "cpu"], value="auto", label="device",
+                               tooltip="where to compute: auto takes the graphics card (GPU) "
+                                       "when the method can use one")
         self.device_info = Label(value="", label="")
         self.params = _ParamPanel()
-        self.run_button = PushButton(text=self.run_text)
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.run_button = PushButton(text=self.run_text,
+                                     tooltip="start; napari stays usable while it runs")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop the run; nothing is added or changed")
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False,
+                                    tooltip="the run's progress")
         self.status = Label(value="")
 
         self.source.changed.connect(self._source_changed)
@@ -194,7 +269,7 @@ class _LayerJobWidget(Container):
     def _finish_layout(self, extra: list) -> None:
         self.extend([self.source, self.image, self.z_axis, self.slices, *extra, self.method,
                      self.params, self.device, self.device_info, self.run_button,
-                     self.cancel_button, self.status])
+                     self.cancel_button, self.progress, self.status])
         self._source_changed(self.source.value)
         self._image_changed(self.image.value)
         self._method_changed(self.method.value)
@@ -202,9 +277,11 @@ class _LayerJobWidget(Container):
     # -- choices -------------------------------------------------------------------------
 
     def _image_layers(self):
+        """The image layers that can be inputs: not the results of a fusion or focus map."""
         from napari.layers import Image
 
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and not _layers.is_result(layer)]
 
     def _stack_layers(self, _widget=None):
         return [(layer.name, layer) for layer in self._image_layers() if layer.ndim >= 3]
@@ -296,11 +373,20 @@ class _LayerJobWidget(Container):
         except MfifError as exc:
             _show_error(f"{self.title}: {exc}")
             return
-        self.job = _Job(self.title, work, on_result, self._ended)
+        self.job = _Job(self.title, work, on_result, self._ended, self._progressed)
         self.run_button.enabled = False
         self.cancel_button.enabled = True
+        self.progress.max, self.progress.value = 1, 0
+        self.progress.visible = True
         self.status.value = "running..."
         self.job.start()
+
+    def _progressed(self, done: int, total: int) -> None:
+        """The job's progress, shown in the widget's own bar (on the main thread)."""
+        if total > 0:
+            self.progress.max = total
+            self.progress.value = min(done, total)
+            self.status.value = f"running: step {min(done, total)} of {total}"
 
     def cancel(self, _=None) -> None:
         if self.job is not None:
@@ -311,6 +397,7 @@ class _LayerJobWidget(Container):
         self.job = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        self.progress.visible = False
         self.status.value = ""
 
     def _prepare(self) -> tuple[Callable, Callable]:  # pragma: no cover - abstract
@@ -327,14 +414,20 @@ class FuseWidget(_LayerJobWidget):
     run_text = "Fuse"
 
     def __init__(self, viewer: napari.viewer.Viewer):
+        self._setting_preset = False
         super().__init__(viewer)
         self.mode = ComboBox(choices=list(MODES), value="nway", label="mode",
-                             tooltip="nway: all slices at once (height map); series: two at a "
-                                     "time, in order, as the papers do")
+                             tooltip="nway: all planes judged at once, with a height map; "
+                                     "series: two at a time, in order, as the method papers "
+                                     "do")
         self.z_step = FloatSpinBox(value=0.0, min=0.0, max=1e6, step=0.1, label="z step",
-                                   tooltip="distance between slices in the layer's units; "
-                                           "0 = take the layer's z scale")
-        self.add_weights = CheckBox(value=False, text="add each slice's weights (decision maps)")
+                                   tooltip="the distance between focal planes (in µm when the "
+                                           "layer is in µm); 0 takes it from the layer, as "
+                                           "read from the file. With it the height map is "
+                                           "also given in µm")
+        self.add_weights = CheckBox(value=False, text="add each slice's weights (decision maps)",
+                                    tooltip="also add, for every plane, how much of each pixel "
+                                            "was taken from it (0 to 1)")
         self.align = ComboBox(choices=["off", "translation", "similarity"], value="off",
                               label="align slices",
                               tooltip="register the slices first (stage drift; similarity also "
@@ -348,19 +441,60 @@ class FuseWidget(_LayerJobWidget):
             tooltip="also show the height map as a 3-D surface textured with the fused image "
                     "(the layer '<name> surface'). The view stays as it is: switch to 3-D with "
                     "napari's 2D/3D button at the bottom left, and drag to tilt it")
-        self._finish_layout([self.z_step, self.mode, self.align, self.apply_to,
-                             self.add_weights, self.surface])
+        self.specimen = ComboBox(
+            choices=list(PRESETS) + [CUSTOM], value=next(iter(PRESETS)), label="specimen",
+            tooltip="the kind of specimen; each picks the method that suits it. "
+                    + " ".join(f"{name}: {tip}." for name, (_, _, tip) in PRESETS.items()))
+        self.advanced = CheckBox(value=False, text="advanced settings",
+                                 tooltip="show the method, its parameters, the mode, the "
+                                         "device, alignment and the extra outputs")
+        self._finish_layout([self.z_step, self.specimen, self.advanced, self.mode, self.align,
+                             self.apply_to, self.add_weights, self.surface])
         self.image.changed.connect(lambda _: self.apply_to.reset_choices())
+        self.specimen.changed.connect(self._specimen_changed)
+        self.advanced.changed.connect(self._show_advanced)
+        self._show_advanced(False)
+
+    #: shown only with "advanced settings" ticked
+    _ADVANCED = ("method", "params", "mode", "device", "device_info", "align", "apply_to",
+                 "add_weights", "surface")
+
+    def _show_advanced(self, shown: bool) -> None:
+        for name in self._ADVANCED:
+            getattr(self, name).visible = bool(shown)
+        if shown:  # each part's own rules (the chosen method's panel, stack-only options)
+            self.params.show_method(self.method.value)
+            self._source_changed(self.source.value)
+
+    def _specimen_changed(self, preset: str) -> None:
+        if preset not in PRESETS:
+            return
+        method, params, _ = PRESETS[preset]
+        self._setting_preset = True
+        try:
+            self.method.value = method
+            self.params.reset(method)
+            panel = self.params.panel(method)
+            for key, value in params.items():
+                getattr(panel, key).value = value
+            self.mode.value = "nway" if "nway" in self.mode.choices else self.mode.choices[0]
+        finally:
+            self._setting_preset = False
 
     def _method_changed(self, method: str) -> None:
         super()._method_changed(method)
         if hasattr(self, "mode"):
             self.mode.choices = list(get_method(method).modes)
+        if hasattr(self, "specimen") and not self._setting_preset \
+                and PRESETS.get(self.specimen.value, (None,))[0] != method:
+            self.specimen.value = CUSTOM  # the advanced settings no longer match a preset
+        if hasattr(self, "advanced") and not self.advanced.value:
+            self.params.visible = False
 
     def _source_changed(self, value: str) -> None:
         super()._source_changed(value)
         if hasattr(self, "apply_to"):
-            self.apply_to.visible = value == STACK
+            self.apply_to.visible = value == STACK and self.advanced.value
 
     def _other_stacks(self, _widget=None):
         chosen = self.image.value if hasattr(self, "image") else None

@@ -114,6 +114,24 @@ def stack_from_layer(layer: "napari.layers.Image", z_axis: int = 0, *,
     return stack, geometry
 
 
+def set_name(names: Sequence[str]) -> str:
+    """A name for a stack made of 2-D layers: what their names share, without the slice
+    numbers and separators that follow (``plane_01`` ... ``plane_12`` -> ``plane``;
+    ``DSC_0356`` ... -> ``DSC``), else ``slices``."""
+    import os
+
+    common = os.path.commonprefix([str(n) for n in names]) if len(names) > 1 else ""
+    common = common.rstrip("0123456789").rstrip(" _-.=([")
+    return common or "slices"
+
+
+def is_result(layer) -> bool:
+    """True for a layer this plugin made from a fusion or a focus map (fused image, height
+    map, weights, surface, focus maps): not an input to offer."""
+    info = (getattr(layer, "metadata", None) or {}).get("napari_mfif", {})
+    return isinstance(info, dict) and ("method" in info or "decision_from" in info)
+
+
 def stack_from_layers(layers: Sequence["napari.layers.Image"], *,
                       z_step: float | None = None) -> tuple[list, Geometry]:
     """Two or more 2-D image layers (grey or RGB) taken as slices, in the order given."""
@@ -143,7 +161,7 @@ def stack_from_layers(layers: Sequence["napari.layers.Image"], *,
     slices = [layer.data[0] if layer.multiscale else layer.data for layer in layers]
     units = _layer_units(first, [0, 1])
     geometry = Geometry(
-        name=first.name,
+        name=set_name([layer.name for layer in layers]),
         scale=(float(first.scale[0]), float(first.scale[1])),
         translate=(float(first.translate[0]), float(first.translate[1])),
         units=(units[0] or "pixel", units[1] or "pixel") if any(units) else None,
