@@ -8,4 +8,4 @@ mkdir -p "$out"
 .venv/bin/napari-mfif sample -o "$out/sample_stack.tif" --overwrite
 .venv/bin/napari-mfif fuse "$out/sample_stack.tif" -o "$out/fused.tif" \
     --height-map "$out/height_map.tif" --overwrite
-echo "To look at them in napari: bash scripts/setup.sh all && .venv/bin/napari $out/*.tif"
+echo "To look at them in napari (through the plugin's reader, which keeps the pixel size): bash scripts/setup.sh all && .venv/bin/napari --plugin napari-mfif $out/*.tif"

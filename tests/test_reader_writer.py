@@ -400,3 +400,26 @@ def test_a_stack_of_large_slices_opens_by_regions(tmp_path, monkeypatch):
     monkeypatch.setattr(_reader, "_SLIDE_PIXELS", 4096 * 4096)
     (data, _, _), = read_tiff(str(path))
     assert data.chunksize == (1, 400, 2100)
+
+
+def test_preferred_reader_setting_opens_tiffs_through_the_plugin(make_napari_viewer, tmp_path):
+    """What docs/napari.md tells users: with *.tif set to napari-mfif in napari's settings,
+    File > Open (and drag and drop) reads through this plugin and keeps the pixel size."""
+    import tifffile
+    from napari.settings import get_settings
+
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint16), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"axes": "ZYX", "spacing": 1.5,
+                                                      "unit": "um"})
+    settings = get_settings().plugins
+    saved = dict(settings.extension2reader)
+    viewer = make_napari_viewer()
+    try:
+        settings.extension2reader = {**saved, "*.tif": "napari-mfif"}
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)  # File > Open's path
+    finally:
+        settings.extension2reader = saved
+    layer = viewer.layers[-1]
+    assert layer.source.reader_plugin == "napari-mfif"
+    assert np.allclose(layer.scale, (1.5, 0.5, 0.5))
