@@ -291,3 +291,27 @@ def test_console_script_prints_exactly_one_line(name, tmp_path):
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("napari-mfif: error: "), res.stderr
     assert CASES[name].message in res.stderr
+
+
+def test_images_over_pillows_limit_read_with_large_images(tmp_path, monkeypatch, capsys):
+    """Pillow refuses files that declare more pixels than its decompression-bomb limit (a
+    20000 x 20000 PNG); --large-images reads trusted ones. The limit is lowered here so
+    that a small PNG stands in for a huge one."""
+    from PIL import Image
+
+    from napari_mfif.cli import main
+    from napari_mfif.synthetic import focal_stack
+
+    s = focal_stack(n_slices=3, shape=(64, 64), dtype=np.uint8, seed=1)
+    names = []
+    for k, plane in enumerate(s.stack):
+        names.append(str(tmp_path / f"p{k}.png"))
+        Image.fromarray(plane).save(names[-1])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000
+    assert main(["fuse", *names, "-o", str(tmp_path / "f.tif")]) == 2
+    assert "--large-images" in capsys.readouterr().err
+    assert main(["fuse", *names, "-o", str(tmp_path / "f.tif"), "--large-images", "-q"]) == 0
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the guard is back after the run
+    import tifffile
+
+    assert np.array_equal(tifffile.imread(tmp_path / "f.tif"), mf.fuse(s.stack).image)

@@ -41,7 +41,7 @@ COLUMNS = ("input", "scene", "output", "height_map", "method", "mode", "seconds"
 
 #: options of ``batch`` passed on unchanged to each stack's ``fuse``
 _SHARED = ("method", "mode", "param", "device", "height_units", "z_step", "focus_channel",
-           "align", "align_frame", "overwrite")
+           "align", "align_frame", "overwrite", "large_images")
 #: layout options, which ``fuse`` takes for one multi-page TIFF only: passed to TIFF stacks
 _LAYOUT = ("z_axis", "channel_axis", "time_axis")
 

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run the tiles on an existing dask.distributed cluster, e.g. "
                             "tcp://10.0.0.5:8786 (the workers must see the input files)")
+    fuse.add_argument("--large-images", action="store_true",
+                      help="read PNG, JPEG and BMP slices of any size: Pillow refuses files "
+                           "of more than about 179 megapixels, as decompression bombs would "
+                           "be; use it for trusted files only")
     tiles.add_argument("--in-memory", action="store_true",
                        help="fuse the whole image at once even where the stack is large "
                             "enough to go tile by tile (an error if it does not fit in memory)")
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--align-frame", default="crop", choices=("crop", "pad"),
                        help="aligned results: cropped to what every slice covers (default) or "
                             "the whole reference frame")
+    batch.add_argument("--large-images", action="store_true",
+                       help="read PNG, JPEG and BMP slices of any size (trusted files only)")
     batch.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                        help="fuse up to N stacks at once, in separate processes (default 1; "
                             "memory use grows with N)")
@@ -466,6 +472,15 @@ def _focus_channel(text: str | None):
 def _cmd_fuse(args, report: dict | None = None) -> int:
     """``napari-mfif fuse``; also run once per stack by ``napari-mfif batch``, which passes
     ``report`` (a dict) to learn the number of slices fused (``report["slices"]``)."""
+    if getattr(args, "large_images", False):
+        from .io import large_images
+
+        with large_images():
+            return _fuse_command(args, report)
+    return _fuse_command(args, report)
+
+
+def _fuse_command(args, report: dict | None = None) -> int:
     from . import io
     from ._api import fuse
     from ._memory import check_fits

@@ -218,8 +218,25 @@ def _too_many_pixels(path: Path) -> MfifError:
 
     return MfifError(
         f"cannot read image file {path}: it declares more pixels than Pillow opens "
-        f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would"
+        f"({Image.MAX_IMAGE_PIXELS * 2}), as a damaged or malicious file would; if you trust "
+        "it, fuse with --large-images (napari_mfif.io.large_images() in Python)"
     )
+
+
+@contextmanager
+def large_images():
+    """Read PNG, JPEG, BMP, ... files of any size within this block: Pillow's guard against
+    decompression bombs (files that declare more than about 179 megapixels) is lifted for
+    trusted files, such as a 20000 x 20000 PNG from a slide scanner. TIFF has no such limit.
+    """
+    from PIL import Image
+
+    was = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = was
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -242,7 +259,8 @@ def _read_png16(path: Path, pixels: int) -> np.ndarray:
     import imagecodecs
     from PIL import Image
 
-    if pixels > 2 * Image.MAX_IMAGE_PIXELS:  # the limit Pillow sets other files
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        # the limit Pillow sets other files
         raise _too_many_pixels(path)
     try:
         array = imagecodecs.png_decode(path.read_bytes())
