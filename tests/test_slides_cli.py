@@ -191,3 +191,21 @@ def test_png_slices_go_tile_by_tile_from_memory(tmp_path, monkeypatch, capsys):
     whole = tifffile.imread(tmp_path / "whole.tif")
     assert np.array_equal(tifffile.imread(tmp_path / "tiles.tif"), whole)
     assert np.array_equal(tifffile.imread(tmp_path / "auto.tif"), whole)
+
+
+def test_planar_rgb_layout_is_one_stack_at_every_size(tmp_path, capsys):
+    """tifffile's default layout for a (3, Y, X) array (colour samples in separate planes)
+    is fused as 3 slices in memory; tile by tile (asked for here, as a large one would be)
+    it is now the same stack, read whole since the region reader does not take that layout,
+    instead of being refused."""
+    s = focal_stack(n_slices=3, shape=(256, 256), dtype=np.uint8, seed=9)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, s.stack)  # photometric RGB, PlanarConfiguration 2
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].planarconfig == 2
+    assert main(["fuse", str(path), "-o", str(tmp_path / "whole.tif"), "-q"]) == 0
+    assert main(["fuse", str(path), "-o", str(tmp_path / "tiles.tif"), "--tile-size", "64"]) == 0
+    assert "fused 3 slices of 256x256 uint8" in capsys.readouterr().out
+    whole = tifffile.imread(tmp_path / "whole.tif")
+    assert whole.shape == (256, 256)
+    assert np.array_equal(tifffile.imread(tmp_path / "tiles.tif"), whole)

@@ -542,7 +542,8 @@ def _fuse_command(args, report: dict | None = None) -> int:
                     raise
                 tiled = True
     if tiled:
-        return _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report)
+        return _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report,
+                           header)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
     else:  # aligned slices may differ in size: framed below
@@ -917,7 +918,19 @@ class _InMemorySource:
         self.pixel_size = self.z_step_um = None
 
 
-def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None) -> int:
+def _fits_in_memory(header) -> bool:
+    """Whether a stack of ``header`` (shape, dtype; None: unknown) can be held in memory:
+    its bytes are under 80 % of the free memory (True where that cannot be told)."""
+    from ._memory import available_bytes, stack_bytes
+
+    if header is None:
+        return True
+    free = available_bytes()
+    return free is None or stack_bytes(*header) < 0.8 * free
+
+
+def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None,
+                header=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
     from .slide_io import TiffStackSource
@@ -940,9 +953,19 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
     if args.overlap is not None and args.overlap < 0:
         raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
     tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
+    source = None
     if all(io.is_tiff(path) for path in args.inputs):  # read region by region
-        source = TiffStackSource.open(args.inputs if len(args.inputs) > 1 else args.inputs[0])
-    else:  # PNG, JPEG, ...: no reading by region; the slices are held, the work tiled
+        try:
+            source = TiffStackSource.open(args.inputs if len(args.inputs) > 1
+                                          else args.inputs[0])
+        except MfifError:
+            # a layout the region reader does not take (colour samples in separate planes,
+            # packed bits, ...): read whole, as fusing in memory would, and tile the work,
+            # so that a stack is the same stack at every size; if it cannot be held either,
+            # the region reader's reason stands
+            if not _fits_in_memory(header):
+                raise
+    if source is None:  # PNG, JPEG, ...: the slices are held, the work tiled
         source = _InMemorySource(io.read_stack(args.inputs))
     _check_slice_axis(args, info, source.shape)
     z, h, w = source.shape[:3]
