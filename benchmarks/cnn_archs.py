@@ -92,7 +92,7 @@ def main():
     rows = quality_rows(runs, pairs, args.quick)
     size = 256 if args.quick else 1024
     mps = speed(runs, size)
-    lines = ["# Paper-size CNN against the compact one (issue 3)", "",
+    lines = ["# Paper-size CNN against the compact one", "",
              f"Made by `benchmarks/cnn_archs.py` on {time.strftime('%Y-%m-%d')}, {machine()}, "
              f"napari-mfif {mf.__version__}. Both nets trained with the papers' recipe "
              "(`compact`: the shipped `compact.pt`; `liu2017`: a file made by the command in "

@@ -263,7 +263,7 @@ def main():
     p.add_argument("--pairs", type=int, default=10_000, help="MF-VOC pairs (first N by name)")
     args = p.parse_args()
     t0 = time.perf_counter()
-    lines = ["# The CNN against the classic measures on ground truth (issue 3)", "",
+    lines = ["# The CNN against the classic measures on ground truth", "",
              f"Made by `benchmarks/cnn_boundary.py` on {time.strftime('%Y-%m-%d')}, "
              f"{machine()}, napari-mfif {mf.__version__}.", ""]
     pairs = load_voc(args.pairs) if VOC.is_dir() else []

@@ -173,7 +173,7 @@ def simulated(runs, quick):
              "`fluorescence_stack(seed=s)` (256 x 256, 9 slices 1 um apart, uint16, smooth "
              f"depth), seeds {list(seeds)}; PSNR and SSIM over 4095 (the 12-bit range of the "
              "uint16 brightfield data; clear glass is 2400) and over the in-focus truth's range "
-             "(200 ADU) for fluorescence, as in the issue. *Random settings*: the training "
+             "(200 ADU) for fluorescence. *Random settings*: the training "
              f"recipe's random optics, specimen and camera (`random_optics`) at 256 x 256 with "
              f"the simulator's own noise, seeds {VARIED_SEED}+ (no training run uses them); "
              "PSNR and SSIM over the truth's range (in fluorescence the truth plus the uniform "
@@ -247,7 +247,7 @@ def blood_smear(quick):
     lines = ["## Real blood smear (miLab, 10 planes, 1920 x 1200 RGB)", "",
              f"Scored as in [brightfield.md](brightfield.md): SSIM (grayscale, 8-bit range) to "
              f"plane {best}, where the scanner's focus score peaks, and gradient energy (mean "
-             f"squared Sobel magnitude) relative to plane {best}; the issue's target for a "
+             f"squared Sobel magnitude) relative to plane {best}; the target for a "
              "method is SSIM at least 0.85 and gradient energy at most 1.10. Also the share (%) "
              "of pixels whose rounded height is each plane 0-9, and the time of the run "
              "(`nway-hard`: the CNN's N-way with `nway_rule=\"hard\"`)."

@@ -96,7 +96,7 @@ def main() -> None:
             print(mode, r, e, " ".join(f"{v:.3f}" for v in vals), flush=True)
     # the default rule: highest mean of the three columns' ranks within each mode
     lines = [
-        "# Guided filter for the boundary-trained CNN: tuning set (issue 3)",
+        "# Guided filter for the boundary-trained CNN: tuning set",
         "",
         f"Machine: {machine()}. Written by `benchmarks/cnn_tuning.py`"
         + (" (--quick)" if args.quick else "") + ".",

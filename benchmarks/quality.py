@@ -146,7 +146,7 @@ def voc(runs, timer, limit):
              f"{len(names)} pairs of `mf_voc_synthetic_gt_subset` (224 x 224 RGB JPEG, synthetic "
              "blur of complementary regions). PSNR (dB, capped at "
              f"{PSNR_CAP:g} dB per image) and SSIM over RGB; PIQE (lower is better) and "
-             "entropy (bits) of the fused image, as paper 001 reports them; the ground truth "
+             "entropy (bits) of the fused image, as the Gaussian-pyramid CNN paper reports them; the ground truth "
              f"itself scores PIQE {np.mean(gt_scores, axis=0)[0]:.2f}, entropy "
              f"{np.mean(gt_scores, axis=0)[1]:.3f}.", ""]
     lines += table(["method", "PSNR", "SSIM", "PIQE", "entropy"],
@@ -203,7 +203,7 @@ def no_reference(runs, timer, limit):
              "Metrics as the MFIF survey's code computes them (`napari_mfif.metrics` reproduces "
              "its published per-image values): Q_G (Q_AB/F), Q_MI, and on the Lytro sets also Q_Y "
              "and Q_CB; higher is better. For three sources, the mean over the three pairs. "
-             "Then two scores of the fused image alone that paper 001 reports: PIQE "
+             "Then two scores of the fused image alone that the Gaussian-pyramid CNN paper reports: PIQE "
              "(Venkatanath et al. 2015; lower is better; it rewards crisp, noise-free blocks, "
              "so it also favours over-sharpened results) and entropy (bits; more is not "
              "always better: noise raises it). Bold: best of our runs.", ""]
@@ -513,8 +513,8 @@ def main():
              f"{time.strftime('%Y-%m-%d')}, {machine()} ({torch.get_num_threads()} torch "
              f"threads), CPU only, napari-mfif {mf.__version__}. Every method of the registry "
              "with default parameters, in both modes; `nway-hard` is the CNN's N-way with the "
-             "hard rule; `cnn[...]` are the papers' CNN variants (issue 4: other shipped "
-             "weights, or paper 001's Gaussian-pyramid scoring) in the papers' pairwise series "
+             "hard rule; `cnn[...]` are the papers' CNN variants (other shipped "
+             "weights, or the Gaussian-pyramid scoring of a later CNN paper) in the papers' pairwise series "
              "pipeline; `mean` and `max` are the naive projections. The papers' metrics: PSNR "
              "and SSIM where there is a ground truth, Q_G (Q_AB/F), Q_MI, Q_Y, Q_CB where there "
              "is none, PIQE and entropy of every fused image.", ""]

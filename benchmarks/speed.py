@@ -776,9 +776,9 @@ def main() -> None:
             "timed from the numpy stack to the numpy result (push, projection, pull); they "
             "return the image only, no height map.")
     lines += [
-        "- **focus-stack** (the C++/OpenCV stacker named in issue 10) is not packaged for "
+        "- **focus-stack** (the C++/OpenCV stacker users compare us with) is not packaged for "
         "Debian 12 or 13 nor on PyPI, and its sources could not be fetched on this "
-        "machine, so it is not measured here; the issue's figure for it on this machine "
+        "machine, so it is not measured here; the figure users reported for it on this machine "
         f"({FOCUS_STACK_MPS} MP/s per slice, about 4.5 s for 20 x 1024 x 1024 8-bit) is "
         "quoted below.",
         "",
@@ -787,7 +787,7 @@ def main() -> None:
         f"Wall time of one process from start to exit (Python start-up, imports, reading, "
         f"fusion with height map, writing both TIFFs), {zl} x {nl} x {nl}, median of {reps} "
         "runs after a warm-up run (files in the page cache); peak RSS is the process's "
-        "`ru_maxrss`. Goal of issue 10: at least "
+        "`ru_maxrss`. Goal: at least "
         f"{GOAL_MPS:g} MP/s per slice (1.5 x focus-stack's {FOCUS_STACK_MPS} MP/s per "
         "slice on this machine).",
         "",
