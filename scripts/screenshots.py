@@ -6,7 +6,9 @@ Run under a virtual display (napari needs OpenGL; Mesa from apt):
 
 It opens the bundled synthetic sample through the plugin, runs each widget as a user
 would (through the plugin manifest, off the UI thread), waits for the result and saves the
-whole window to docs/img/.
+whole window to docs/img/: the Fuse widget in its simple view with the default method
+(widget_fuse.png), the height map (widget_height_map.png), the height map as a 3-D surface
+(height_surface.png) and the focus-map inspector (widget_inspect.png).
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ def main() -> None:
     (stack,) = viewer.open_sample(PLUGIN, "focal_stack")
 
     _, fuse = viewer.window.add_plugin_dock_widget(PLUGIN, "Fuse focal stack")
-    fuse.method.value = "cnn"
-    fuse.image.value = stack
+    fuse.image.value = stack  # the simple view, the default specimen preset
+    fuse.surface.value = True  # an advanced option, set here for the 3-D picture below
     fuse.run()
     wait(fuse)
-    for name in (f"{stack.name} height map", f"{stack.name} height (µm)"):
+    surface = viewer.layers[f"{stack.name} surface"]
+    for name in (f"{stack.name} height map", f"{stack.name} height (µm)", surface.name):
         viewer.layers[name].visible = False
     stack.visible = False
     shoot(viewer, "widget_fuse.png")
@@ -62,6 +65,23 @@ def main() -> None:
     viewer.layers[f"{stack.name} fused"].visible = False
     viewer.layers[f"{stack.name} height map"].visible = True
     shoot(viewer, "widget_height_map.png")
+
+    # the height map as a 3-D surface textured with the fused image, relief exaggerated 3x
+    for layer in viewer.layers:
+        layer.visible = layer is surface
+    surface.scale = (3 * surface.scale[0], *surface.scale[1:])
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (-50, -30, -60)  # as docs/napari.md shows it
+    viewer.camera.perspective = 30
+    viewer.reset_view()
+    viewer.camera.angles = (-50, -30, -60)  # reset_view may reset the angles too
+    viewer.camera.zoom *= 0.8
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.02)
+    shoot(viewer, "height_surface.png")
+    viewer.dims.ndisplay = 2
+    surface.visible = False
 
     viewer.window.remove_dock_widget(viewer.window._dock_widgets["Fuse focal stack (napari-mfif)"])
     _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect focus map")

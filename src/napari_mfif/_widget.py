@@ -382,8 +382,9 @@ class _LayerJobWidget(Container):
         self.job.start()
 
     def _progressed(self, done: int, total: int) -> None:
-        """The job's progress, shown in the widget's own bar (on the main thread)."""
-        if total > 0:
+        """The job's progress, shown in the widget's own bar (on the main thread); a step
+        that arrives after the run ended is dropped."""
+        if total > 0 and self.job is not None:
             self.progress.max = total
             self.progress.value = min(done, total)
             self.status.value = f"running: step {min(done, total)} of {total}"
