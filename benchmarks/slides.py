@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import DOCS, machine
+from napari_mfif.registry import DEFAULT_METHOD
 
 OUT = DOCS / "slides.md"
 Z = 8
@@ -51,8 +52,8 @@ def make_slide(folder: Path, size: int, base) -> list[Path]:
     return paths
 
 
-def run_one(label, inputs, out_dir: Path, extra: list[str]) -> dict:
-    out = out_dir / f"{label}.tif"
+def run_one(label, inputs, out_dir: Path, extra: list[str], out_ext: str = ".tif") -> dict:
+    out = out_dir / f"{label}{out_ext}"
     # each measurement in its own python so the running max of RUSAGE_CHILDREN is its own
     code = (
         "import resource, subprocess, sys, time, json;"
@@ -74,14 +75,42 @@ def run_one(label, inputs, out_dir: Path, extra: list[str]) -> dict:
             "out": out, "stdout": info["out"]}
 
 
-def psnr_band(path: Path, truth: np.ndarray, rows: int = 1024) -> float:
-    """PSNR of the first ``rows`` rows of a fused slide against the mirror-tiled truth."""
+#: a 14-slice 5 MP RGB stack (a camera's frames), one tiled TIFF per slice
+RGB_SLICES, RGB_SHAPE = 14, (1944, 2592)
+
+
+def make_rgb(folder: Path, base) -> list[Path]:
+    """14 RGB uint8 slices of 1944 x 2592 (the base stack's slices, mirror-tiled, in three
+    shifted copies as colour channels), one tiled TIFF each."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        width = page.shape[1]
-        image = page.asarray()[:rows].astype(np.float64)
+    folder.mkdir(parents=True, exist_ok=True)
+    ys, xs = _mirror(np.arange(RGB_SHAPE[0]), BASE), _mirror(np.arange(RGB_SHAPE[1]), BASE)
+    paths = []
+    for k in range(RGB_SLICES):
+        grey = (base.stack[k % Z][ys][:, xs] >> 8).astype(np.uint8)
+        rgb = np.stack([grey, np.roll(grey, 3, 0), np.roll(grey, 3, 1)], axis=-1)
+        paths.append(folder / f"rgb{k:02d}.tif")
+        tifffile.imwrite(paths[-1], rgb, photometric="rgb", tile=(256, 256))
+    return paths
+
+
+def psnr_band(path: Path, truth: np.ndarray, rows: int = 1024) -> float:
+    """PSNR of the first ``rows`` rows of a fused slide (TIFF or OME-Zarr) against the
+    mirror-tiled truth."""
+    if path.suffix == ".zarr":
+        import zarr
+
+        level = zarr.open_group(str(path), mode="r")["0"]
+        width = level.shape[-1]
+        image = np.asarray(level[:rows]).astype(np.float64)
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            width = page.shape[1]
+            image = page.asarray()[:rows].astype(np.float64)
     ys, xs = _mirror(np.arange(rows), BASE), _mirror(np.arange(width), BASE)
     ref = truth[ys][:, xs].astype(np.float64)
     mse = np.mean((image - ref) ** 2)
@@ -106,9 +135,10 @@ def main() -> None:
         print(f"slides written in {time.perf_counter() - t:.0f} s to {work}", flush=True)
         results = []
 
-        def go(label, size, extra, method="tenengrad"):
-            r = run_one(label, slides[size], work, ["--method", method, *extra])
-            r.update(size=size, method=method, tiled=bool(extra))
+        def go(label, size, extra, method=DEFAULT_METHOD, out_ext=".tif"):
+            r = run_one(label, slides[size], work, ["--method", method, *extra], out_ext)
+            r.update(size=size, method=method, tiled="tiles of" in r["stdout"],
+                     output="OME-Zarr" if out_ext == ".ome.zarr" else "tiled TIFF")
             r["mp_per_s"] = size * size / 1e6 / r["seconds"]
             r["psnr"] = psnr_band(r["out"], truth)
             print(f"{label}: {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB, "
@@ -116,11 +146,15 @@ def main() -> None:
             results.append(r)
             return r
 
-        baseline = go("tenengrad_4096_whole", 4096, [])
+        baseline = go(f"{DEFAULT_METHOD}_4096_whole", 4096, ["--in-memory"])
         for size in sorted(args.sizes):
-            go(f"tenengrad_{size}_tiled", size, ["--tile-size", "1024"])
-        cnn_whole = go("cnn_2048_whole", 2048, [], "cnn")
+            go(f"{DEFAULT_METHOD}_{size}_default", size, [])  # the rule decides: tiles
+        go(f"{DEFAULT_METHOD}_8192_zarr", 8192, [], out_ext=".ome.zarr")
+        cnn_whole = go("cnn_2048_whole", 2048, ["--in-memory"], "cnn")
         go("cnn_2048_tiled", 2048, ["--tile-size", "1024"], "cnn")
+        rgb = run_one("rgb_14x5mp_default", make_rgb(work / "rgb", base), work, [])
+        rgb.update(mp=RGB_SHAPE[0] * RGB_SHAPE[1] / 1e6)
+        print(f"rgb: {rgb['seconds']:.1f} s, peak {rgb['peak_mib']:.0f} MiB", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -134,33 +168,42 @@ def main() -> None:
         f"Each slide has {Z} uint16 slices (a 2048 x 2048 synthetic focal stack with ground truth, "
         "mirror-tiled), one uncompressed tiled TIFF per slice on local disk. Each row is one "
         "`napari-mfif fuse` in a fresh process: wall time including start-up and writing the "
-        "tiled BigTIFF output, and the process's peak resident memory (`ru_maxrss`). PSNR is "
-        "against the ground truth on the first 1024 rows. Tiled runs use `--tile-size 1024` "
-        "and the method's default overlap; the threaded scheduler on the 2 cores.",
+        "output (a tiled BigTIFF, or an OME-Zarr with its pyramid), and the process's peak "
+        "resident memory (`ru_maxrss`). PSNR is against the ground truth on the first 1024 "
+        f"rows. `{DEFAULT_METHOD}` is the default method; *default* rows give no option (the "
+        "tiling rule chooses; tiles of 1024 px, the method's default overlap, the threaded "
+        "scheduler on the 2 cores), the baseline is `--in-memory`.",
         "",
-        "| run | slide | stack on disk | tiles | seconds | MP/s (output) | ratio to baseline MP/s | peak RSS (MiB) | PSNR (dB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | slide | stack on disk | output | tiles | seconds | MP/s (output) | ratio to baseline MP/s | peak RSS (MiB) | PSNR (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        base_rate = baseline["mp_per_s"] if r["method"] == "tenengrad" else cnn_whole["mp_per_s"]
+        base_rate = baseline["mp_per_s"] if r["method"] != "cnn" else cnn_whole["mp_per_s"]
         disk = Z * r["size"] ** 2 * 2 / 2**30
         tiles = "whole image" if not r["tiled"] else r["stdout"].split(": ", 1)[1].split(" tiles")[0] + " tiles"
         lines.append(
             f"| {r['method']} {'tiled' if r['tiled'] else 'whole (baseline)'} | {r['size']}² | "
-            f"{disk:.2f} GiB | {tiles} | {r['seconds']:.1f} | {r['mp_per_s']:.2f} | "
-            f"{r['mp_per_s'] / base_rate:.2f} | {r['peak_mib']:.0f} | {r['psnr']:.2f} |")
-    tiled = [r for r in results if r["tiled"] and r["method"] == "tenengrad"]
+            f"{disk:.2f} GiB | {r['output']} | {tiles} | {r['seconds']:.1f} | "
+            f"{r['mp_per_s']:.2f} | {r['mp_per_s'] / base_rate:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['psnr']:.2f} |")
+    tiled = [r for r in results if r["tiled"] and r["method"] != "cnn"]
     lines += [
         "",
-        "Baselines: tenengrad rows against whole-image tenengrad on the 4096² slide, the cnn row "
-        "against whole-image cnn on the 2048² slide, both measured in this run.",
+        f"Baselines: the {DEFAULT_METHOD} rows against whole-image {DEFAULT_METHOD} on the "
+        "4096² slide, the cnn row against whole-image cnn on the 2048² slide, both measured in "
+        "this run.",
         "",
         "Peak memory of the tiled runs: "
-        + ", ".join(f"{r['peak_mib']:.0f} MiB at {r['size']}²" for r in tiled)
+        + ", ".join(f"{r['peak_mib']:.0f} MiB at {r['size']}² ({r['output']})" for r in tiled)
         + ". It grows with the slide's width, not its area: a band of tiles (width x tile "
         "rows of output) is held until it is written, plus the windows in flight, whose size "
         "is set by the tile size and the number of slices. The whole-image baseline needs "
         "memory in proportion to the stack.",
+        "",
+        f"A camera's stack: {RGB_SLICES} RGB uint8 slices of {RGB_SHAPE[1]} x {RGB_SHAPE[0]} "
+        f"({rgb['mp']:.1f} MP each, one tiled TIFF per slice), `napari-mfif fuse` with no "
+        f"option: {rgb['seconds']:.1f} s, peak {rgb['peak_mib']:.0f} MiB "
+        f"({'tiles' if 'tiles of' in rgb['stdout'] else 'whole image'}).",
         "",
         "The tiled classic runs make three passes over the slide (noise level, the wide "
         "flat-area fill scales, the fusion), so they compute the focus measure twice, on "
