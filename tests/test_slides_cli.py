@@ -159,7 +159,7 @@ def test_large_stacks_go_tile_by_tile_unasked_and_in_memory_overrides(slide, tmp
     _, stack, _ = slide
     assert main(["fuse", str(stack), "-o", str(tmp_path / "a.tif")]) == 0
     assert "tiles of" not in capsys.readouterr().out  # small: whole image
-    monkeypatch.setattr(cli, "TILE_ABOVE_BYTES", 1024)
+    monkeypatch.setattr(_memory, "TILE_ABOVE_BYTES", 1024)
     assert main(["fuse", str(stack), "-o", str(tmp_path / "b.tif")]) == 0
     assert "tiles of 1024 px" in capsys.readouterr().out
     assert main(["fuse", str(stack), "-o", str(tmp_path / "c.tif"), "--in-memory"]) == 0
@@ -186,7 +186,7 @@ def test_png_slices_go_tile_by_tile_from_memory(tmp_path, monkeypatch, capsys):
     assert main(["fuse", *names, "-o", str(tmp_path / "whole.tif"), "-q"]) == 0
     assert main(["fuse", *names, "-o", str(tmp_path / "tiles.tif"), "--tile-size", "64"]) == 0
     assert "tiles of 64 px" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "TILE_ABOVE_BYTES", 1024)
+    monkeypatch.setattr(_memory, "TILE_ABOVE_BYTES", 1024)
     assert main(["fuse", *names, "-o", str(tmp_path / "auto.tif"), "-q"]) == 0
     whole = tifffile.imread(tmp_path / "whole.tif")
     assert np.array_equal(tifffile.imread(tmp_path / "tiles.tif"), whole)

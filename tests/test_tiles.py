@@ -161,7 +161,7 @@ def test_a_stack_too_large_for_memory_is_tiled_not_refused(monkeypatch):
 @pytest.mark.parametrize("kwargs,match", [
     ({"tile_size": 128, "align": "translation"}, "align needs the whole stack"),
     ({"tile_size": 128, "return_weights": True}, "return_weights is not available tile by tile"),
-    ({"tile_size": 0}, "tile size must be a positive"),
+    ({"tile_size": -64}, "tile size must be a positive"),
     ({"tile_size": 12.5}, "tile size must be a positive"),
     ({"overlap": -3}, "overlap must be a whole number"),
 ])
@@ -245,3 +245,20 @@ def test_multiscale_tiles_need_a_fixed_number_of_levels():
     s = _fluorescence(n_slices=3, shape=(64, 64))
     with pytest.raises(MfifError, match="wavelet needs a fixed number of levels"):
         mf.fuse(s.stack, "wavelet", levels=0, tile_size=64)
+
+
+def test_fuse_tiles_a_large_stack_unasked_and_tile_size_0_keeps_it_whole(monkeypatch):
+    """fuse() applies the CLI's rule: a stack whose whole-image fusion would be large
+    (threshold lowered here) goes tile by tile, to the same result; tile_size=0 keeps it
+    whole; return_weights (which tiles cannot give) keeps it whole too."""
+    from napari_mfif import _memory
+
+    s = _fluorescence()
+    whole = mf.fuse(s.stack)
+    assert whole.tiles is None
+    monkeypatch.setattr(_memory, "TILE_ABOVE_BYTES", 1024)
+    tiled = mf.fuse(s.stack)
+    assert tiled.tiles is not None
+    _same(whole, tiled)
+    assert mf.fuse(s.stack, tile_size=0).tiles is None
+    assert mf.fuse(s.stack, return_weights=True).tiles is None

@@ -147,9 +147,12 @@ def fuse(
         Fuse tile by tile, in windows of ``tile_size`` px (rounded up to a multiple of 64)
         plus ``overlap`` on each side, so the stack is never in memory at once (a dask array
         or lazy TIFF is read window by window; runs on a dask.distributed cluster when a
-        client is active). By default a stack that would not fit in free memory is tiled
-        with tiles of 1024 px, and any other is fused whole. The result is the same as
-        whole-image fusion (bit for bit for the classic methods; see ``docs/slides.md``).
+        client is active). By default a large stack is tiled with tiles of 1024 px: one
+        whose whole-image fusion would take more than 1.5 GiB or half the free memory
+        (estimated; ``napari_mfif._memory.tiles_pay``), or that would not fit at all; any
+        other is fused whole. ``tile_size=0`` fuses the whole image in memory whatever its
+        size (an error if it does not fit). The result is the same as whole-image fusion
+        (bit for bit for the classic methods; see ``docs/slides.md``).
     overlap : int, optional
         Pixels of context around each tile; default: the method's reach (the result then
         matches whole-image fusion). Setting it implies tiles.
@@ -187,7 +190,10 @@ def fuse(
             return_weights=return_weights, focus_channel=focus_channel, align=align,
             align_frame=align_frame, **resolved))
     stack = channels_last(stack, channel_axis)
-    if tile_size is None and overlap is None and not _is_source(stack):
+    whole = tile_size == 0 and not isinstance(tile_size, bool)  # asked: no tiles
+    if whole:
+        tile_size = None
+    if tile_size is None and overlap is None and not _is_source(stack) and not whole:
         try:
             check_stack(stack, method, mode, params=resolved, return_weights=return_weights)
         except MfifError:
@@ -197,6 +203,11 @@ def fuse(
             from .tiles import DEFAULT_TILE
 
             tile_size = DEFAULT_TILE  # too large for memory: tile by tile
+        if tile_size is None and _tiles_pay(stack, spec, mode, resolved, align,
+                                            return_weights):
+            from .tiles import DEFAULT_TILE
+
+            tile_size = DEFAULT_TILE  # large: tiles hold a fraction of the memory
     if tile_size is not None or overlap is not None or _is_source(stack):
         return _fuse_tiles(stack, spec, mode, device, resolved, tile_size=tile_size,
                            overlap=overlap, progress=progress, focus_channel=focus_channel,
@@ -244,6 +255,25 @@ def fuse(
                  if return_weights and weights is not None else None),
         alignment=alignment,
     )
+
+
+def _tiles_pay(stack: Any, spec, mode: str, resolved: dict, align, return_weights) -> bool:
+    """Whether a stack that fits in memory is still large enough to go tile by tile
+    (:func:`napari_mfif._memory.tiles_pay`: its fusion would hold well over 1 GiB), where
+    it can: a method that tiles, one array, no alignment, no weights returned."""
+    from ._memory import tiles_pay
+
+    if (spec.tiling is None or align is not None or return_weights
+            or isinstance(stack, (list, tuple)) or not hasattr(stack, "shape")):
+        return False
+    try:
+        shape, dtype = tuple(int(n) for n in stack.shape), np.dtype(stack.dtype)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if len(shape) not in (3, 4) or min(shape) < 1 or dtype.kind not in "uif":
+        return False
+    return tiles_pay(shape, dtype, spec.name, mode, params=resolved,
+                     in_memory=isinstance(stack, np.ndarray))
 
 
 def _is_source(stack: Any) -> bool:

@@ -383,3 +383,27 @@ def check_stack(stack: Any, method: str, mode: str, *, params: Mapping[str, Any]
         return
     check_fits(shape, dtype, method, mode, params=params, return_weights=return_weights,
                in_memory=in_memory)
+
+
+#: a stack whose in-memory fusion is estimated to take more than this (the stack plus the
+#: method's working memory, :func:`fusion_bytes`, which errs high: for dog the measured peak
+#: is about half of it) goes tile by tile without being asked. Measured with dog on 8-slice
+#: uint16 slides (benchmarks/tiling_rule.py): tiles take 1.07-1.20x the time of whole-image
+#: fusion from 64 MiB to 1 GiB stacks but a near-constant 0.5-0.65 GiB where whole-image
+#: fusion peaks at 8x the stack (0.7 GiB at 64 MiB, 2 GiB at 256 MiB, 8 GiB at 1 GiB); this
+#: keeps stacks of ~100 MiB and less whole (a few seconds, under 1 GiB) and tiles the rest.
+TILE_ABOVE_BYTES = 1536 * _MIB
+#: ... and so does one that would take more than this share of the free memory
+TILE_ABOVE_SHARE = 0.5
+
+
+def tiles_pay(shape, dtype, method: str, mode: str = "nway", *,
+              params: Mapping[str, Any] | None = None, in_memory: bool = False) -> bool:
+    """Whether fusing this stack tile by tile beats fusing it whole: its in-memory estimate
+    (the method's working memory, plus the stack's bytes unless ``in_memory``) is above
+    :data:`TILE_ABOVE_BYTES` or :data:`TILE_ABOVE_SHARE` of the free memory."""
+    need = fusion_bytes(shape, dtype, method, mode, params=params)
+    if not in_memory:
+        need += stack_bytes(shape, dtype)
+    free = available_bytes()
+    return need > TILE_ABOVE_BYTES or (free is not None and need > TILE_ABOVE_SHARE * free)

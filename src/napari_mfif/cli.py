@@ -419,26 +419,10 @@ def _height_note(z_step: float | None, given: bool) -> str:
     return f"in µm: z step {z_step:g} µm, {'--z-step' if given else 'from the file'}"
 
 
-#: a stack whose in-memory fusion is estimated to take more than this (the stack plus the
-#: method's working memory, napari_mfif._memory, which errs high: for dog the measured peak
-#: is about half of it) goes tile by tile without being asked. Measured with dog on 8-slice
-#: uint16 slides (benchmarks/tiling_rule.py): tiles take 1.14-1.18x the time of whole-image
-#: fusion from 64 MiB to 1 GiB stacks but a near-constant 0.5-0.65 GiB where whole-image
-#: fusion peaks at 8x the stack (0.7 GiB at 64 MiB, 2 GiB at 256 MiB, 8 GiB at 1 GiB); this
-#: keeps stacks of ~100 MiB and less whole (a few seconds, under 1 GiB) and tiles the rest.
-TILE_ABOVE_BYTES = 1536 * 2**20
-#: ... and so does one that would take more than this share of the free memory
-TILE_ABOVE_SHARE = 0.5
-
-
 def _tiles_pay(shape, dtype, method: str, mode: str, params: dict) -> bool:
-    """Whether fusing this stack tile by tile beats fusing it whole: its in-memory estimate
-    is above TILE_ABOVE_BYTES or TILE_ABOVE_SHARE of the free memory."""
-    from ._memory import available_bytes, fusion_bytes, stack_bytes
+    from ._memory import tiles_pay
 
-    need = fusion_bytes(shape, dtype, method, mode, params=params) + stack_bytes(shape, dtype)
-    free = available_bytes()
-    return need > TILE_ABOVE_BYTES or (free is not None and need > TILE_ABOVE_SHARE * free)
+    return tiles_pay(shape, dtype, method, mode, params=params)
 
 
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
@@ -563,6 +547,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
     io.check_output(outputs[0], overwrite=args.overwrite, dtype=stack.dtype)
     result = fuse(stack, method=method, mode=args.mode, device=args.device,
                   progress=Progress("fusing", "step", quiet=args.quiet),
+                  tile_size=0 if args.in_memory else None,
                   focus_channel=_focus_channel(args.focus_channel), align=args.align,
                   align_frame=args.align_frame, **_with_known_z(args, info, layout), **params)
     pixel = _pixel_size(io, info, outputs[0])
@@ -682,6 +667,7 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
             continue
         scene = fuse_scene(stack, method, mode=args.mode, device=args.device,
                            progress=Progress("fusing", "step", quiet=args.quiet),
+                           tile_size=0 if args.in_memory else None,
                            focus_channel=_focus_channel(args.focus_channel), align=args.align,
                            align_frame=args.align_frame, **params)
         height = scene.height
