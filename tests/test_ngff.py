@@ -122,3 +122,29 @@ def test_napari_reads_and_writes_our_ome_zarr(make_napari_viewer, tmp_path):
     assert np.array_equal(group["0"][:], image)
     assert multiscales(saved[0])["datasets"][0]["coordinateTransformations"][0]["scale"] \
         == [0.25, 0.5]
+
+
+def test_batch_writes_ome_zarr_and_resumes(tmp_path):
+    """batch --format ome.zarr: fused images and height maps as OME-Zarr beside the inputs;
+    a second run skips them and does not take its own OME-Zarr outputs for stacks."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, seed in (("a", 1), ("b", 2)):
+        s = focal_stack(n_slices=4, shape=(96, 96), dtype=np.uint16, seed=seed)
+        tifffile.imwrite(folder / f"{name}.tif", s.stack, imagej=True,
+                         metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    args = ["batch", str(folder), "--format", "ome.zarr", "--height-map", "-q"]
+    assert main(args) == 0
+    for name in "ab":
+        fused = zarr.open_group(str(folder / f"{name}_fused.ome.zarr"), mode="r")["0"][:]
+        expected = tifffile.imread(folder / f"{name}.tif")
+        assert fused.dtype == np.uint16 and fused.shape == expected.shape[1:]
+        assert (folder / f"{name}_height.ome.zarr" / ".zattrs").is_file()
+    before = sorted(p.name for p in folder.iterdir())
+    assert main(args) == 0  # resumed: both skipped, nothing new
+    assert sorted(p.name for p in folder.iterdir()) == before
+    import csv
+
+    with open(folder / "batch_summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]

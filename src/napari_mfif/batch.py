@@ -102,7 +102,8 @@ def _single_image(path: Path) -> bool:
 
 
 def _output_paths(name: str, out_dir: Path, fmt: str, height_map: bool) -> list[Path]:
-    return [out_dir / f"{name}_fused.{fmt}"] + ([out_dir / f"{name}_height.tif"]
+    height = "ome.zarr" if fmt == "ome.zarr" else "tif"
+    return [out_dir / f"{name}_fused.{fmt}"] + ([out_dir / f"{name}_height.{height}"]
                                                 if height_map else [])
 
 
@@ -127,10 +128,12 @@ def find_stacks(input_dir: Path, out_dir: Path, *, fmt: str = "tif",
     folders = [p for p in entries if p.is_dir() and not _same_dir(p, out_dir)]
     # outputs of an earlier run, by name: not inputs when they lie beside the inputs, and
     # never noted as single images (a multi-page one elsewhere is a stack like any other)
-    ours = {out.name.casefold() for p in tiffs + folders for f in ("tif", "png")
+    ours = {out.name.casefold() for p in tiffs + folders + micro
+            for f in ("tif", "png", "ome.zarr")
             for out in _output_paths(_stem(p), input_dir, f, True)}
     if _same_dir(input_dir, out_dir):
         tiffs = [p for p in tiffs if p.name.casefold() not in ours]
+        micro = [p for p in micro if p.name.casefold() not in ours]  # our OME-Zarr outputs
     stacks, singles, thin = [], [p for p in others if p.name.casefold() not in ours], []
     for path in io.natural_sorted(tiffs + folders + micro):
         if path in micro:

@@ -201,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "default), or always in slices, or always in micrometres")
     batch.add_argument("--z-step", type=float, default=None, metavar="UM",
                        help="distance between slices in micrometres, for every stack")
-    batch.add_argument("--format", default="tif", choices=("tif", "png"),
+    batch.add_argument("--format", default="tif", choices=("tif", "png", "ome.zarr"),
                        help="format of the fused images (default tif, any dtype; png holds 8 "
-                            "and 16-bit results)")
+                            "and 16-bit results; ome.zarr, any dtype with a pyramid, writes "
+                            "the height maps as OME-Zarr too)")
     batch.add_argument("--z-axis", type=int, default=None, metavar="N",
                        help="the axis holding the slices in every TIFF stack (default: as each "
                             "file names it, else the first)")
