@@ -273,3 +273,34 @@ def test_progress_bar_on_a_terminal_is_tqdm():
     for k in range(1, 11):
         bar(k, 10)
     assert "fusing: 100%" in out.getvalue() and "10/10" in out.getvalue()
+
+
+def test_z_from_names_gives_the_height_map(tmp_path, capsys):
+    """Slices whose z is only in their names (signed, irregular, as an autofocus program
+    writes them): --z-from-names puts those z values into the height map, in memory and
+    tile by tile alike; names without a number, or z that does not rise, are refused."""
+    s = focal_stack(n_slices=4, shape=(96, 96), dtype=np.uint16, seed=12)
+    z = [-12.5, -2.0, 0.0, 7.25]
+    names = []
+    for value, plane in zip(z, s.stack):
+        names.append(str(tmp_path / f"tile_{value}.tif"))
+        tifffile.imwrite(names[-1], plane)
+    h, ht = tmp_path / "h.tif", tmp_path / "ht.tif"
+    assert main(["fuse", *names[::-1], "-o", str(tmp_path / "f.tif"), "--height-map", str(h),
+                 "--z-from-names"]) == 0
+    assert "planes at z = -12.5, -2, 0, 7.25 µm (from the file names)" in capsys.readouterr().out
+    index = mf.fuse(s.stack).index_map
+    assert np.allclose(tifffile.imread(h), np.interp(index, np.arange(4), z), atol=1e-4)
+    assert main(["fuse", *names, "-o", str(tmp_path / "g.tif"), "--height-map", str(ht),
+                 "--z-from-names", "--tile-size", "64", "-q"]) == 0
+    assert np.allclose(tifffile.imread(ht), tifffile.imread(h), atol=1e-4)
+    # refused before any work: z falling with --keep-order, a name without a number
+    assert main(["fuse", *names[::-1], "--keep-order", "-o", str(tmp_path / "k.tif"),
+                 "--height-map", str(tmp_path / "kh.tif"), "--z-from-names"]) == 2
+    assert "do not rise" in capsys.readouterr().err
+    other = tmp_path / "plain.tif"
+    tifffile.imwrite(other, s.stack[0])
+    assert main(["fuse", names[0], str(other), "-o", str(tmp_path / "m.tif"),
+                 "--z-from-names"]) == 2
+    assert "no number in the name of plain.tif" in capsys.readouterr().err
+    assert not (tmp_path / "k.tif").exists() and not (tmp_path / "m.tif").exists()

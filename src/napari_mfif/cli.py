@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "micrometres (an error where the z step is unknown)")
     fuse.add_argument("--z-step", type=float, default=None, metavar="UM",
                       help="distance between slices in micrometres (overrides the file's)")
+    fuse.add_argument("--z-from-names", action="store_true",
+                      help="several files: the last number in each file's name is its z in "
+                           "micrometres (e.g. tile_-43.4.tiff); the height map then holds "
+                           "those z values")
     fuse.add_argument("--scene", default=None, metavar="N|NAME|all",
                       help="CZI, ND2, LIF and OME-Zarr files: the scene (position, series) to "
                            "fuse, by number from 0 or name, or 'all' for one output each "
@@ -499,6 +503,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
     start = time.perf_counter()
     if len(args.inputs) > 1 and not args.keep_order:
         args.inputs = io.natural_sorted(args.inputs)
+    _names_z(args)  # --z-from-names: every name's z, rising, checked before any work
     info = _first_tiff_info(io, args.inputs)
     layout = _layout(args, info)
     header = _stack_header(io, args.inputs)
@@ -554,7 +559,10 @@ def _fuse_command(args, report: dict | None = None) -> int:
     pixel = _pixel_size(io, info, outputs[0])
     height = result.index_map
     z_step = _z_step_um(args, info) if args.height_map else None
-    if z_step is not None:
+    to_height = _names_height(args) if args.height_map else None
+    if to_height is not None:
+        height, z_step = to_height(height), None
+    elif z_step is not None:
         height = (height * z_step).astype(np.float32)
     images = [result.image] + ([height] if args.height_map else [])
     written = []
@@ -592,9 +600,50 @@ def _fuse_command(args, report: dict | None = None) -> int:
                 print(alignment.report())
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            print(f"height map:  {outputs[1].resolve()} "
-                  f"({_height_note(z_step, args.z_step is not None)})")
+            note = _names_note(args) or _height_note(z_step, args.z_step is not None)
+            print(f"height map:  {outputs[1].resolve()} ({note})")
     return EXIT_OK
+
+
+def _names_z(args) -> np.ndarray | None:
+    """With --z-from-names: each input's z (µm) from its name, rising in slice order."""
+    if not getattr(args, "z_from_names", False):
+        return None
+    from .io import z_from_name
+
+    if len(args.inputs) < 2:
+        raise MfifError("--z-from-names takes the z of each slice file from its name: give "
+                        "two or more files")
+    if args.z_step is not None:
+        raise MfifError("--z-from-names and --z-step exclude each other")
+    z = [z_from_name(p) for p in args.inputs]
+    missing = [Path(p).name for p, v in zip(args.inputs, z) if v is None]
+    if missing:
+        raise MfifError(f"--z-from-names: no number in the name of {missing[0]}")
+    z = np.asarray(z, dtype=np.float64)
+    if np.any(np.diff(z) <= 0):
+        raise MfifError("--z-from-names: the z values in the names do not rise in the order "
+                        "of the slices (" + ", ".join(f"{v:g}" for v in z[:6])
+                        + (", ..." if len(z) > 6 else "") + "); drop --keep-order, or "
+                        "rename the files")
+    return z
+
+
+def _names_height(args):
+    """The function turning a height map in slices into the z of the names (or None)."""
+    z = _names_z(args)
+    if z is None:
+        return None
+    from .formats import height_in_micrometres
+
+    return lambda height: height_in_micrometres(height, z)
+
+
+def _names_note(args) -> str | None:
+    z = _names_z(args)
+    if z is None:
+        return None
+    return f"height in µm: planes at z = {_z_list(z)} µm (from the file names)"
 
 
 def _scene_output(path: Path, scene: int, several: bool) -> Path:
@@ -964,6 +1013,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         check_size(h, w)
     z_step = _z_step_um(args, info, source.z_step_um) if args.height_map else None
     to_height = None if z_step is None else (lambda h: (h * z_step).astype(np.float32))
+    if args.height_map and _names_height(args) is not None:
+        to_height = _names_height(args)
     array = as_dask(source.stack if isinstance(source, _InMemorySource) else source, tile)
     run, device = _tile_and_write(args, spec, params, outputs, array, source.pixel_size,
                                   to_height, tile)
@@ -977,8 +1028,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         _print_slice_order(args)
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            print(f"height map:  {outputs[1].resolve()} "
-                  f"({_height_note(z_step, args.z_step is not None)})")
+            note = _names_note(args) or _height_note(z_step, args.z_step is not None)
+            print(f"height map:  {outputs[1].resolve()} ({note})")
     return EXIT_OK
 
 
