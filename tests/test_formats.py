@@ -312,3 +312,34 @@ def test_ome_zarr_tile_by_tile_equals_whole(tmp_path):
                  "-o", str(tmp_path / "c.tif"), "--tile-size", "64"]) == 2 \
         or not (VENDOR / "czi_czitools").exists()
     assert not (tmp_path / "c.tif").exists()
+
+
+def test_widget_fuses_a_time_point_of_a_time_series(make_napari_viewer, qtbot, tmp_path):
+    """A (T, Z, Y, X) layer from our reader (a time series, here an OME-Zarr of 2 time
+    points written by the test): the Fuse widget offers a time point, set from the viewer,
+    and fuses that point's stack, with its z step in µm."""
+    a = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=21)
+    b = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=22)
+    root = tmp_path / "ts.ome.zarr"
+    group = zarr.open_group(str(root), mode="w", zarr_format=2)
+    group.create_array("0", data=np.stack([a.stack, b.stack])[:, None], chunks=(1, 1, 1, 64, 64))
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "name": "ts",
+        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
+                 {"name": "z", "type": "space", "unit": "micrometer"},
+                 {"name": "y", "type": "space", "unit": "micrometer"},
+                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 2.0, 0.5, 0.5]}]}]}]
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(root), plugin="napari-mfif")
+    assert layer.data.shape == (2, 4, 64, 64)
+    viewer.dims.set_current_step(0, 1)  # napari shows time point 1
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mfif", "Fuse focal stack")
+    assert widget.image.value is layer and widget.z_axis.value == 0
+    assert not widget.time_point.native.isHidden() and widget.time_point.value == 1
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    expected = mf.fuse(b.stack)
+    assert np.array_equal(viewer.layers["ts t1 fused"].data, expected.image)
+    assert np.allclose(viewer.layers["ts t1 height (µm)"].data, expected.index_map * 2.0)

@@ -436,6 +436,7 @@ def test_simple_view_presets_and_advanced_settings(make_napari_viewer):
                 "surface")
     assert all(shown(getattr(widget, n)) for n in simple)
     assert not any(shown(getattr(widget, n)) for n in advanced)
+    assert not shown(widget.time_point)  # only for time series
     widget.advanced.value = True
     assert all(shown(getattr(widget, n)) for n in advanced)
     assert shown(widget.params.panel("dog")) and not shown(widget.params.panel("cnn"))

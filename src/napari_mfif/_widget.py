@@ -235,6 +235,9 @@ class _LayerJobWidget(Container):
                               tooltip="which axis of the layer steps through focus: 0 for "
                                       "(z, y, x), as most files have it; set from the file "
                                       "when it names its axes")
+        self.time_point = SpinBox(value=0, min=0, max=0, label="time point", visible=False,
+                                  tooltip="the layer is a time series: the time point to "
+                                          "fuse (the one napari shows when it is chosen)")
         self.slices = Select(choices=self._flat_layers, label="slices",
                              tooltip="two or more 2-D layers, one per focal plane, taken in "
                                      "the order of the layer list (click with Ctrl or Shift "
@@ -267,7 +270,8 @@ class _LayerJobWidget(Container):
             event.connect(self._layers_changed)
 
     def _finish_layout(self, extra: list) -> None:
-        self.extend([self.source, self.image, self.z_axis, self.slices, *extra, self.method,
+        self.extend([self.source, self.image, self.z_axis, self.time_point, self.slices,
+                     *extra, self.method,
                      self.params, self.device, self.device_info, self.run_button,
                      self.cancel_button, self.progress, self.status])
         self._source_changed(self.source.value)
@@ -296,18 +300,29 @@ class _LayerJobWidget(Container):
     def _image_changed(self, layer) -> None:
         """Take the z axis from the layer's axes where its file named them (our reader
         keeps tifffile's axes letters in the layer's metadata: "YXZ" puts z last)."""
+        t_axis = None if layer is None else _layers.time_axis_of(layer)
+        self.time_point.visible = t_axis is not None and self.source.value == STACK
         if layer is None:
             return
         axes = (getattr(layer, "metadata", None) or {}).get("napari_mfif", {}).get("axes")
         if isinstance(axes, str):
             axes = axes.replace("S", "") if getattr(layer, "rgb", False) else axes
-            if len(axes) == layer.ndim and "Z" in axes:
+            if t_axis is not None:  # a time series: z counted among the axes left
+                self.time_point.max = int(layer.data.shape[t_axis]) - 1
+                step = self.viewer.dims.current_step
+                world = self.viewer.dims.ndim - layer.ndim + t_axis
+                self.time_point.value = min(int(step[world]) if 0 <= world < len(step)
+                                            else 0, self.time_point.max)
+                axes = axes.replace("T", "")
+            if len(axes) == min(layer.ndim, 3) and "Z" in axes:
                 self.z_axis.value = axes.index("Z")
 
     def _source_changed(self, value: str) -> None:
         stack = value == STACK
         self.image.visible = self.z_axis.visible = stack
         self.slices.visible = not stack
+        self.time_point.visible = stack and self.image.value is not None \
+            and _layers.time_axis_of(self.image.value) is not None
 
     def _method_changed(self, method: str) -> None:
         spec = get_method(method)
@@ -363,6 +378,13 @@ class _LayerJobWidget(Container):
                                 "choose 2-D layers as slices")
             return self.image.value
         return list(self.slices.value)
+
+    def _time_point(self, source) -> int | None:
+        """The chosen time point of a time-series layer (None for anything else)."""
+        if isinstance(source, (list, tuple)) or source is None \
+                or _layers.time_axis_of(source) is None:
+            return None
+        return int(self.time_point.value)
 
     def run(self, _=None) -> None:
         """Start a run off the UI thread (returns at once; see :attr:`running`)."""
@@ -516,18 +538,22 @@ class FuseWidget(_LayerJobWidget):
         params = self.params.values(method)
         source = self.selected_input()
         z_step = self.z_step.value or None
-        if self.source.value == STACK and self.z_axis.value == 0 and source is not None:
+        if self.source.value == STACK and self.z_axis.value == 0 and source is not None \
+                and _layers.time_axis_of(source) is None:
             from .stack import check_z_layout
 
             check_z_layout(tuple(source.data.shape), "the z axis box")
-        stack, geometry, first = _layers._source(source, self.z_axis.value, z_step)
+        stack, geometry, first = _layers._source(source, self.z_axis.value, z_step,
+                                                 self._time_point(source))
         limits = None if first.rgb else first.contrast_limits
         mode, device, weights = self.mode.value, self.device.value, self.add_weights.value
         surface = self.surface.value
         align = None if self.align.value == "off" else self.align.value
         others = list(self.apply_to.value) if self.source.value == STACK else []
         z_axis = self.z_axis.value
-        other_stacks = [_layers.stack_from_layer(layer, z_axis)[0] for layer in others]
+        other_stacks = [_layers.stack_from_layer(layer, z_axis,
+                                                 time_point=self._time_point(layer))[0]
+                        for layer in others]
         get_method(method).resolve_params(params)  # bad values are reported before the run
 
         def work(progress):
@@ -578,7 +604,9 @@ class FocusMapWidget(_LayerJobWidget):
 
         method = self.method.value
         params = self.params.values(method)
-        stack, geometry, _ = _layers._source(self.selected_input(), self.z_axis.value, None)
+        source = self.selected_input()
+        stack, geometry, _ = _layers._source(source, self.z_axis.value, None,
+                                             self._time_point(source))
         slice_a, slice_b = self.slice_a.value, self.slice_b.value
         _layers.check_pair(len(stack), slice_a, slice_b)
         get_method(method).resolve_params(params)

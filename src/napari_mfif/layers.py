@@ -76,15 +76,35 @@ def _z_step(layer_scale: float, unit: str | None, override: float | None) -> flo
     return None  # a scale of 1 pixel and no unit: the step was never set
 
 
+def time_axis_of(layer) -> int | None:
+    """The axis of a 4-D image layer that holds time points, where our reader named it
+    (``T`` in ``metadata["napari_mfif"]["axes"]``, e.g. a CZI time series); else None."""
+    axes = (getattr(layer, "metadata", None) or {}).get("napari_mfif", {}).get("axes")
+    if not isinstance(axes, str) or getattr(layer, "ndim", 0) != 4:
+        return None
+    axes = axes.replace("S", "") if getattr(layer, "rgb", False) else axes
+    return axes.index("T") if len(axes) == 4 and "T" in axes else None
+
+
 def stack_from_layer(layer: "napari.layers.Image", z_axis: int = 0, *,
-                     z_step: float | None = None) -> tuple[Any, Geometry]:
+                     z_step: float | None = None,
+                     time_point: int | None = None) -> tuple[Any, Geometry]:
     """The stack held by one image layer, z axis first, and where it sits.
 
     Grey (Z, Y, X) and RGB (Z, Y, X, 3|4) layers are accepted, in memory or lazy (dask,
     computed only when fused); a multiscale layer gives its full-resolution level.
-    ``z_step`` overrides the layer's z scale (None or 0: take the layer's).
+    ``z_step`` overrides the layer's z scale (None or 0: take the layer's). A (T, Z, Y, X)
+    layer whose time axis our reader named (:func:`time_axis_of`) gives the stack of
+    ``time_point`` (default 0); ``z_axis`` then counts the axes left.
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    t_axis = time_axis_of(layer)
+    if t_axis is not None:
+        n = int(data.shape[t_axis])
+        t = 0 if time_point is None else int(time_point)
+        if not 0 <= t < n:
+            raise MfifError(f"layer {layer.name!r} has time points 0 to {n - 1}, not {t}")
+        return _time_point_stack(layer, data, t_axis, t, z_axis, z_step)
     ndim = layer.ndim  # spatial dimensions; an RGB layer's colour axis is not counted
     if ndim < 3:
         raise MfifError(
@@ -112,6 +132,23 @@ def stack_from_layer(layer: "napari.layers.Image", z_axis: int = 0, *,
         z_unit=units[0],
     )
     return stack, geometry
+
+
+def _time_point_stack(layer, data, t_axis: int, t: int, z_axis: int,
+                     z_step: float | None) -> tuple[Any, Geometry]:
+    """stack_from_layer for one time point of a (T, Z, Y, X) layer."""
+    from types import SimpleNamespace
+
+    keep = [i for i in range(4) if i != t_axis]
+    units = _layer_units(layer, list(range(4)))
+    view = SimpleNamespace(
+        name=f"{layer.name} t{t}", data=np.take(data, t, axis=t_axis) if isinstance(
+            data, np.ndarray) else data[(slice(None),) * t_axis + (t,)],
+        ndim=3, rgb=getattr(layer, "rgb", False), multiscale=False,
+        scale=[float(layer.scale[i]) for i in keep],
+        translate=[float(layer.translate[i]) for i in keep],
+        units=[units[i] or "pixel" for i in keep] if any(units) else None)
+    return stack_from_layer(view, z_axis, z_step=z_step)
 
 
 def set_name(names: Sequence[str]) -> str:
@@ -474,12 +511,14 @@ def _ndim(array: Any, kwargs: dict) -> int:
     return array.ndim - (1 if kwargs.get("rgb") else 0)
 
 
-def _source(layer_or_layers: Any, z_axis: int, z_step: float | None) -> tuple[Any, Geometry, Any]:
+def _source(layer_or_layers: Any, z_axis: int, z_step: float | None,
+            time_point: int | None = None) -> tuple[Any, Geometry, Any]:
     if isinstance(layer_or_layers, (list, tuple)):
         stack, geometry = stack_from_layers(layer_or_layers, z_step=z_step)
         first = layer_or_layers[0]
     else:
-        stack, geometry = stack_from_layer(layer_or_layers, z_axis, z_step=z_step)
+        stack, geometry = stack_from_layer(layer_or_layers, z_axis, z_step=z_step,
+                                           time_point=time_point)
         first = layer_or_layers
     return stack, geometry, first
 
