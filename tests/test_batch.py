@@ -174,3 +174,26 @@ def test_parser_does_not_load_the_methods():
             "print('torch' in sys.modules, 'napari_mfif.focus.dog' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_batch_z_from_names_for_folders_of_slices(tmp_path):
+    """--z-from-names reaches the folders of slices (their height maps hold the z of the
+    names) and leaves multi-page TIFFs alone (their z step comes from the file)."""
+    import tifffile
+
+    from napari_mfif.cli import main
+    from napari_mfif.synthetic import focal_stack
+
+    folder = tmp_path / "in"
+    (folder / "tiles").mkdir(parents=True)
+    s = focal_stack(n_slices=3, shape=(64, 64), dtype=np.uint16, seed=4)
+    z = [-5.0, 0.0, 12.5]
+    for value, plane in zip(z, s.stack):
+        tifffile.imwrite(folder / "tiles" / f"t_{value}.tif", plane)
+    tifffile.imwrite(folder / "stack.tif", s.stack, imagej=True,
+                     metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"})
+    assert main(["batch", str(folder), "--height-map", "--z-from-names", "-q"]) == 0
+    index = mf.fuse(s.stack).index_map
+    assert np.allclose(tifffile.imread(folder / "tiles_height.tif"),
+                       np.interp(index, np.arange(3), z), atol=1e-4)
+    assert np.allclose(tifffile.imread(folder / "stack_height.tif"), index * 2.0, atol=1e-4)

@@ -183,6 +183,8 @@ def _fuse_args(args: argparse.Namespace, base: argparse.Namespace,
     ns = argparse.Namespace(**vars(base))
     for name in _SHARED + (_LAYOUT if stack.source.is_file() else ()):
         setattr(ns, name, getattr(args, name))
+    # the z in the names of slice files: for the folders of slices only
+    ns.z_from_names = bool(getattr(args, "z_from_names", False)) and len(stack.inputs) > 1
     ns.inputs = list(stack.inputs)
     ns.output = os.fspath(stack.outputs[0])
     ns.height_map = os.fspath(stack.outputs[1]) if len(stack.outputs) > 1 else None

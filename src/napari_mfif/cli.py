@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--align-frame", default="crop", choices=("crop", "pad"),
                        help="aligned results: cropped to what every slice covers (default) or "
                             "the whole reference frame")
+    batch.add_argument("--z-from-names", action="store_true",
+                       help="folders of slice files: the last number in each file's name is "
+                            "its z in micrometres, for the height maps")
     batch.add_argument("--large-images", action="store_true",
                        help="read PNG, JPEG and BMP slices of any size (trusted files only)")
     batch.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
