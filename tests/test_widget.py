@@ -468,7 +468,7 @@ def test_only_networks_with_shipped_weights_are_offered(make_napari_viewer):
 
 def test_progress_shows_in_the_widget(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    s = focal_stack(n_slices=6, shape=(96, 96), dtype=np.uint16, seed=3)
+    s = focal_stack(n_slices=6, shape=(384, 384), dtype=np.uint16, seed=3)  # runs ~1 s
     viewer.add_image(s.stack, name="stack")
     widget = open_widget(viewer, FUSE)
     seen = []
