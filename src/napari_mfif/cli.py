@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distance between slices in micrometres (overrides the file's)")
     fuse.add_argument("--z-from-names", action="store_true",
                       help="several files: the last number in each file's name is its z in "
-                           "micrometres (e.g. tile_-43.4.tiff); the height map then holds "
-                           "those z values")
+                           "micrometres (e.g. -43.4 in z=-43.4.tiff); the height map then "
+                           "holds those z values")
     fuse.add_argument("--scene", default=None, metavar="N|NAME|all",
                       help="CZI, ND2, LIF and OME-Zarr files: the scene (position, series) to "
                            "fuse, by number from 0 or name, or 'all' for one output each "
