@@ -842,16 +842,21 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False,
             f"{fmt} holds {holds} images only and this result is {np.dtype(dtype)}; write a "
             ".tif instead (no rescaling is done)"
         )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise MfifError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise MfifError(f"output directory is not writable: {parent}")
+    check_output_folder(path)
     if path.is_dir():
         raise MfifError(f"output path is a directory: {path}")
     if path.exists() and not overwrite:
         raise MfifError(f"output file exists: {path} (use --overwrite to replace it)")
     return path
+
+
+def check_output_folder(path: Path) -> None:
+    """Refuse an output whose folder does not exist or cannot be written, in one sentence."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise MfifError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise MfifError(f"output directory is not writable: {parent}")
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False,

@@ -50,11 +50,9 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             __import__(module)
         except ImportError:
             raise MfifError(f"writing OME-Zarr needs the {package} package: {_INSTALL}") from None
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise MfifError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise MfifError(f"output directory is not writable: {parent}")
+    from .io import check_output_folder
+
+    check_output_folder(path)
     if path.is_file():
         raise MfifError(f"output path is a file, not an OME-Zarr folder: {path}")
     if path.exists() and not overwrite:
