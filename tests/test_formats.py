@@ -28,14 +28,17 @@ VENDOR = Path(os.environ.get("MFIF_SHARED_DATA",
               ) / "vendor_formats"
 
 
-def write_ome_zarr(root: Path, stack: np.ndarray, scale_zyx, *, bioformats2raw=False) -> Path:
-    """A (Z, Y, X) stack as an NGFF 0.4 OME-Zarr (zarr v2, axes t c z y x, one level), in
-    the layout bioformats2raw writes (image in group "0") when asked."""
+def write_ome_zarr(root: Path, stack: np.ndarray, scale_zyx, *, bioformats2raw=False,
+                   name: str = "synthetic") -> Path:
+    """A (Z, Y, X) stack, or a (T, C, Z, Y, X) array, as an NGFF 0.4 OME-Zarr (zarr v2, axes
+    t c z y x, one level, one chunk per plane), in the layout bioformats2raw writes (image
+    in group "0") when asked."""
+    data = stack if stack.ndim == 5 else stack[None, None]
     image = root / "0" if bioformats2raw else root
     group = zarr.open_group(str(image), mode="w", zarr_format=2)
-    group.create_array("0", data=stack[None, None], chunks=(1, 1, 1) + stack.shape[1:])
+    group.create_array("0", data=data, chunks=(1, 1, 1) + data.shape[3:])
     group.attrs["multiscales"] = [{
-        "version": "0.4", "name": "synthetic",
+        "version": "0.4", "name": name,
         "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
                  {"name": "z", "type": "space", "unit": "micrometer"},
                  {"name": "y", "type": "space", "unit": "micrometer"},
@@ -320,17 +323,8 @@ def test_widget_fuses_a_time_point_of_a_time_series(make_napari_viewer, qtbot, t
     and fuses that point's stack, with its z step in µm."""
     a = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=21)
     b = focal_stack(n_slices=4, shape=(64, 64), dtype=np.uint16, seed=22)
-    root = tmp_path / "ts.ome.zarr"
-    group = zarr.open_group(str(root), mode="w", zarr_format=2)
-    group.create_array("0", data=np.stack([a.stack, b.stack])[:, None], chunks=(1, 1, 1, 64, 64))
-    group.attrs["multiscales"] = [{
-        "version": "0.4", "name": "ts",
-        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"},
-                 {"name": "z", "type": "space", "unit": "micrometer"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 1.0, 2.0, 0.5, 0.5]}]}]}]
+    root = write_ome_zarr(tmp_path / "ts.ome.zarr", np.stack([a.stack, b.stack])[:, None],
+                          (2.0, 0.5, 0.5), name="ts")
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(root), plugin="napari-mfif")
     assert layer.data.shape == (2, 4, 64, 64)
@@ -343,3 +337,13 @@ def test_widget_fuses_a_time_point_of_a_time_series(make_napari_viewer, qtbot, t
     expected = mf.fuse(b.stack)
     assert np.array_equal(viewer.layers["ts t1 fused"].data, expected.image)
     assert np.allclose(viewer.layers["ts t1 height (µm)"].data, expected.index_map * 2.0)
+
+
+def test_scene_outputs_keep_compound_extensions():
+    from napari_mfif.cli import _scene_output
+
+    assert _scene_output(Path("f.ome.tif"), 1, True).name == "f_s1.ome.tif"
+    assert _scene_output(Path("f.ome.zarr"), 1, True).name == "f_s1.ome.zarr"
+    assert _scene_output(Path("f.png"), 0, True).name == "f_s0.png"
+    assert _scene_output(Path("f.ome.zarr"), 0, False).name == "f.ome.zarr"
+    assert formats.split_name("a.OME.TIFF") == ("a", ".OME.TIFF")

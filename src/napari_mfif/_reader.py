@@ -193,10 +193,7 @@ def read_microscope_file(path) -> list[tuple]:
     scenes = open_scenes(path, "all")
     layers = []
     for stack in scenes:
-        data = stack.data
-        order = stack.z_order()
-        if not np.array_equal(order, np.arange(len(order))):
-            data = data[:, :, order]
+        data = stack.data_in_z_order()
         sizes = stack.sizes
         keep_t, keep_z = sizes["T"] > 1, sizes["Z"] > 1
         # the axes kept, each with its scale, unit and offset: T, C, Z only where longer

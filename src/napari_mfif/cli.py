@@ -427,10 +427,15 @@ def _height_note(z_step: float | None, given: bool) -> str:
     return f"in µm: z step {z_step:g} µm, {'--z-step' if given else 'from the file'}"
 
 
-def _tiles_pay(shape, dtype, method: str, mode: str, params: dict) -> bool:
-    from ._memory import tiles_pay
-
-    return tiles_pay(shape, dtype, method, mode, params=params)
+def _tiles_asked(args) -> bool:
+    """Whether the command line asks for tiles (--tile-size, --overlap, --workers,
+    --scheduler, --pyramid); refused together with --in-memory."""
+    asked = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
+                                        args.scheduler)) or args.pyramid
+    if asked and args.in_memory:
+        raise MfifError("--in-memory and the tile options (--tile-size, --overlap, --workers, "
+                        "--scheduler, --pyramid) exclude each other")
+    return asked
 
 
 def _one_time_point(shape: tuple[int, ...], channel_axis: int | None,
@@ -475,7 +480,7 @@ def _cmd_fuse(args, report: dict | None = None) -> int:
 def _fuse_command(args, report: dict | None = None) -> int:
     from . import io
     from ._api import fuse
-    from ._memory import check_fits
+    from ._memory import check_fits, tiles_pay
     from .registry import DEFAULT_METHOD, get_method
 
     if not args.inputs:
@@ -512,19 +517,15 @@ def _fuse_command(args, report: dict | None = None) -> int:
     header = _stack_header(io, args.inputs)
     if header is not None:
         _check_slice_axis(args, info, header[0])
-    tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
-                                         args.scheduler)) or args.pyramid
-    if tiled and args.in_memory:
-        raise MfifError("--in-memory and the tile options (--tile-size, --overlap, --workers, "
-                        "--scheduler, --pyramid) exclude each other")
+    tiled = _tiles_asked(args)
     can_tile = (spec.tiling is not None and not args.align and args.focus_channel is None
                 and all(v is None for v in layout.values())
                 and (len(args.inputs) > 1 or _readable_tiff(io, args.inputs[0]))
                 and all(io.output_format(out) in ("TIFF", "OME-Zarr") for out in outputs))
     if header is not None and not tiled:  # large, or too large for memory: before reading
         shape = _one_time_point(header[0], **layout)
-        if can_tile and not args.in_memory and _tiles_pay(shape, header[1], method, args.mode,
-                                                          params):
+        if can_tile and not args.in_memory and tiles_pay(shape, header[1], method, args.mode,
+                                                         params=params):
             tiled = True
         else:
             try:
@@ -654,12 +655,10 @@ def _scene_output(path: Path, scene: int, several: bool) -> Path:
     its extension (``fused.ome.tif`` -> ``fused_s1.ome.tif``)."""
     if not several:
         return path
-    name = path.name
-    lower = name.lower()
-    for ext in (".ome.tiff", ".ome.tif"):
-        if lower.endswith(ext):
-            return path.with_name(f"{name[:-len(ext)]}_s{scene}{name[-len(ext):]}")
-    return path.with_name(f"{path.stem}_s{scene}{path.suffix}")
+    from .formats import split_name
+
+    stem, ext = split_name(path.name)
+    return path.with_name(f"{stem}_s{scene}{ext}")
 
 
 def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
@@ -667,7 +666,7 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
     """``fuse`` of a CZI, ND2, LIF or OME-Zarr file (napari_mfif.formats): axes, pixel size
     and z from the file's metadata; one scene, or each with --scene all."""
     from . import io
-    from ._memory import check_fits
+    from ._memory import check_fits, tiles_pay
     from .formats import fuse_scene, open_scenes
 
     for flag, value in (("--z-axis", args.z_axis), ("--channel-axis", args.channel_axis),
@@ -676,11 +675,7 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
             raise MfifError(f"{flag} is not needed for {Path(args.inputs[0]).name}: its axes "
                             "are read from the file's metadata")
 
-    tiled = any(v is not None for v in (args.tile_size, args.overlap, args.workers,
-                                        args.scheduler)) or args.pyramid
-    if tiled and args.in_memory:
-        raise MfifError("--in-memory and the tile options (--tile-size, --overlap, --workers, "
-                        "--scheduler, --pyramid) exclude each other")
+    tiled = _tiles_asked(args)
     source = Path(args.inputs[0])
     scenes = open_scenes(source, "all" if args.scene == "all" else
                          [0 if args.scene is None else args.scene])
@@ -707,7 +702,8 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
             raise MfifError("the height map in um needs the z step, which the input does not "
                             "store; give it with --z-step")
         by_tiles = tiled or (not args.in_memory and _scene_tileable(args, stack, method, outs)
-                             and _tiles_pay(one, stack.data.dtype, method, args.mode, params))
+                             and tiles_pay(one, stack.data.dtype, method, args.mode,
+                                           params=params))
         try:
             if not by_tiles:
                 check_fits(one, stack.data.dtype, method, args.mode, params=params)
@@ -729,8 +725,7 @@ def _fuse_microscope(args, method: str, params: dict, outputs: list[Path],
         z_note = _z_note(stack, scene, args.height_units)
         images = [(scene.image, scene.axes, None)]
         if args.height_map:
-            images.append((height, scene.axes[:-2 - ("C" in scene.axes) - ("S" in scene.axes)]
-                           .replace("C", "") + "YX", z_note))
+            images.append((height, ("T" if "T" in scene.axes else "") + "YX", z_note))
         written = []
         try:
             for path, (image, axes, note) in zip(outs, images):
@@ -793,8 +788,7 @@ def _fuse_scene_tiled(args, stack, method: str, params: dict, outputs, start: fl
         raise MfifError(f"--overlap must be a whole number of pixels >= 0, got {args.overlap}")
     spec = get_method(method)
     tile = check_tile_size(args.tile_size if args.tile_size is not None else DEFAULT_TILE)
-    order = stack.z_order()
-    array = stack.data[0, 0][order]
+    array = stack.data_in_z_order()[0, 0]
     array = array.rechunk((1, tile, tile) + array.shape[3:])
     z = stack.sorted_z()
     to_height = None

@@ -101,6 +101,13 @@ class MicroscopeStack:
             return np.arange(n)
         return np.argsort(self.z_positions, kind="stable")
 
+    def data_in_z_order(self):
+        """:attr:`data` with its planes in rising z (as it is where they already rise)."""
+        order = self.z_order()
+        if np.array_equal(order, np.arange(len(order))):
+            return self.data
+        return self.data[:, :, order]
+
     def sorted_z(self) -> np.ndarray | None:
         """The planes' z in micrometres in the order of :meth:`z_order` (rising)."""
         if self.z_positions is None:
@@ -166,7 +173,7 @@ def _zarr_images(path: Path) -> list[Path]:
 
 def list_scenes(path: str | Path) -> tuple[str, ...]:
     """The names of the scenes (positions, series) in a microscope file."""
-    return tuple(s.scene for s in _open_all(Path(path), None))
+    return tuple(_scenes(Path(path))[0])
 
 
 def open_stack(path: str | Path, scene: int | str | None = None) -> MicroscopeStack:
@@ -183,17 +190,18 @@ def open_stack(path: str | Path, scene: int | str | None = None) -> MicroscopeSt
     -------
     MicroscopeStack
     """
-    return _open_all(Path(path), scene)[0]
+    return open_scenes(path, [0 if scene is None else scene])[0]
 
 
 def open_scenes(path: str | Path, scenes: Sequence[int | str] | str | None = None
                 ) -> list[MicroscopeStack]:
     """Every scene of the file (``scenes="all"`` or None), or the ones named (indices or
-    names), each as :func:`open_stack` gives it."""
+    names), each as :func:`open_stack` gives it; the file is opened once."""
     path = Path(path)
+    names, make = _scenes(path)
     if scenes is None or scenes == "all":
-        return _open_all(path, "all")
-    return [_open_all(path, s)[0] for s in scenes]
+        return [make(i) for i in range(len(names))]
+    return [make(_scene_index(s, names, path)) for s in scenes]
 
 
 def tiff_plane_positions(path: str | Path) -> np.ndarray | None:
@@ -259,9 +267,9 @@ def _ome_tiff_stack(path: Path, z: np.ndarray) -> MicroscopeStack:
                            z_source="z from the planes' positions in the file")
 
 
-def _open_all(path: Path, scene: int | str | None) -> list[MicroscopeStack]:
-    """The scene asked for (a list of one), or all scenes for ``"all"``; None: every
-    scene's name with the first one's data (for list_scenes)."""
+def _scenes(path: Path):
+    """The scene names of a microscope file, and ``make(i)`` opening scene ``i`` as a
+    MicroscopeStack (no pixels read; the file's metadata read once)."""
     if not path.exists():
         raise MfifError(f"no such file: {path}")
     if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
@@ -269,16 +277,12 @@ def _open_all(path: Path, scene: int | str | None) -> list[MicroscopeStack]:
         if z is None:
             raise MfifError(f"{path.name} is a TIFF without per-plane z positions: the TIFF "
                             "reader (napari_mfif.io) reads it")
-        _scene_index(0 if scene in (None, "all") else scene, [path.name], path)
-        return [_ome_tiff_stack(path, z)]
+        return [path.name], lambda i: _ome_tiff_stack(path, z)
     if is_ome_zarr(path):
         _need("bioio_ome_zarr", "bioio-ome-zarr", "OME-Zarr")
         images = _zarr_images(path)
         names = [_zarr_name(p) for p in images]
-        wanted = range(len(images)) if scene in (None, "all") else [_scene_index(scene, names,
-                                                                              path)]
-        return [_from_bioio(path, _bioimage(p, zarr=True), names, i, 0) for i in wanted
-                for p in [images[i]]]
+        return names, lambda i: _from_bioio(path, _bioimage(images[i], zarr=True), names, i, 0)
     suffix = path.suffix.lower()
     if suffix not in PLUGINS:
         raise MfifError(f"cannot read {path.name}: not a CZI, ND2, LIF or OME-Zarr file")
@@ -287,17 +291,22 @@ def _open_all(path: Path, scene: int | str | None) -> list[MicroscopeStack]:
     _need(module, PLUGINS[suffix], f"{suffix} files")
     image = _bioimage(path)
     names = [str(s) for s in image.scenes]
-    wanted = range(len(names)) if scene in (None, "all") else [_scene_index(scene, names, path)]
-    return [_from_bioio(path, image, names, i, i) for i in wanted]
+    return names, lambda i: _from_bioio(path, image, names, i, i)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """A file name as (stem, extension), where ".ome.tif", ".ome.tiff" and ".ome.zarr"
+    count as one extension: ``fused.ome.zarr`` -> ("fused", ".ome.zarr")."""
+    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(ext):
+            return name[:-len(ext)], name[-len(ext):]
+    path = Path(name)
+    return path.stem, path.suffix
 
 
 def _stem(path: Path) -> str:
     """A file's name without its extension (".ome.zarr", ".ome.tif" count as one)."""
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr"):
-        if name.lower().endswith(ext):
-            return name[:-len(ext)]
-    return path.stem
+    return split_name(path.name)[0]
 
 
 def _zarr_name(image: Path) -> str:
@@ -451,12 +460,8 @@ def fuse_scene(stack: MicroscopeStack, method: str | None = None, **kwargs) -> S
         if kwargs.get(key) is not None:
             raise MfifError(f"{key} is read from the file's metadata here, not given")
         kwargs.pop(key, None)
-    order = stack.z_order()
-    data = stack.data
-    if not np.array_equal(order, np.arange(len(order))):
-        data = data[:, :, order]
-    t, c = stack.sizes["T"], stack.sizes["C"]
-    if c > 1 and "S" in stack.dims:
+    data = stack.data_in_z_order()
+    if stack.sizes["C"] > 1 and "S" in stack.dims:
         raise MfifError(f"{stack.path.name}: RGB samples in several channels cannot be fused "
                         "together; export one channel")
     keep = [i for i, (axis, n) in enumerate(zip(stack.dims, data.shape))
