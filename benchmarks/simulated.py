@@ -40,6 +40,14 @@ SEEDS = (9001, 9002, 9003)
 #: parameter variants worth a row of their own (a finer or coarser focus band)
 VARIANTS = ("dog[presmooth=1.0]",)
 
+def stained_brightfield_stack(shape=(256, 256), seed=0, **kwargs):
+    """Brightfield of stained cells (amplitude objects: half the light absorbed at a cell's
+    thickest point, phase 0.5 rad) under a condenser of 0.7 of the objective's NA, as in a
+    stained smear seen with Koehler illumination."""
+    sp = optics.specimen(shape, absorption=0.5, phase=0.5, seed=seed)
+    return optics.brightfield_stack(sp, shape=shape, condenser_na=0.45, seed=seed, **kwargs)
+
+
 #: (key, title, renderer, its keyword arguments)
 SETS = (
     ("bf", "brightfield, condenser NA 0.3 (defaults)", optics.brightfield_stack, {}),
@@ -47,6 +55,8 @@ SETS = (
      {"condenser_na": 0.1}),
     ("bf_objects", "brightfield, each object at its own depth, 13 slices",
      optics.brightfield_stack, {"depth": "objects", "n_slices": 13}),
+    ("bf_stained", "brightfield, stained cells (absorbing, little phase), condenser NA 0.45",
+     stained_brightfield_stack, {}),
     ("fl", "fluorescence, 200 photons (defaults)", optics.fluorescence_stack, {}),
     ("fl_dim", "fluorescence, 40 photons, background 5", optics.fluorescence_stack,
      {"photons": 40, "background": 5.0}),

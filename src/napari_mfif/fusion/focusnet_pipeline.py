@@ -33,8 +33,11 @@ from ..tiles import Tiling
 from .cnn_pipeline import as_tensor, intensity_range, intensity_samples, normalise
 
 DEFAULTS = {"weights": "", "neighbourhood": 32.0, "neighbourhood_weight": 0.5,
-            "gf_radius": 0, "gf_eps": 0.01}
+            "detail": 5.0, "gf_radius": 0, "gf_eps": 0.01}
 HELP = {
+    "detail": "N-way: how strongly the slice with the most fine detail (the dog method's "
+              "pick) is preferred where the network finds slices about equally good; it is "
+              "weighted 1 + detail times the others (0 = the network alone)",
     "neighbourhood": "radius (Gaussian sigma, pixels) over which neighbouring evidence is "
                      "added to each pixel's focus scores, so flat areas follow their "
                      "surroundings (0 = off)",
@@ -62,18 +65,74 @@ def check_size(h: int, w: int) -> None:
                         f"tenengrad for images this small")
 
 
+def _detail_on(mode: str, params: dict) -> bool:
+    return mode == "nway" and float(params["detail"]) > 0
+
+
+def _dog():
+    """The dog method and its default parameters: the fine detail's pick."""
+    from ..registry import get_method
+
+    spec = get_method("dog")
+    return spec, dict(spec.params)
+
+
 def _reach(params: dict, z: int, mode: str) -> int:
     hood = 4 * float(params["neighbourhood"]) + STRIDE if params["neighbourhood_weight"] else 0
     step = REACH + int(math.ceil(hood)) + 2 * int(round(params["gf_radius"])) + 4
-    return step * max(z - 1, 1) if mode == "series" else step
+    if mode == "series":
+        return step * max(z - 1, 1)
+    if _detail_on(mode, params):
+        spec, dog = _dog()
+        step = max(step, spec.tiling.reach(dog, z, mode))
+    return step
 
 
-def _stats(gray, view, *, mode, **params):
-    return intensity_samples(gray, view)
+# the tiled passes: the network's intensity range, and the dog pick's own passes (its noise
+# floor and flat-area fill) when ``detail`` is on
+
+
+def _stats(gray, view, *, mode, stack=None, **params):
+    part = {"span": intensity_samples(gray, view)}
+    if _detail_on(mode, params):
+        spec, dog = _dog()
+        part["dog"] = spec.tiling.stats(gray, view, mode=mode, stack=stack, **dog)
+    return part
 
 
 def _reduce_stats(parts, *, mode, **params):
-    return {"span": intensity_range(parts)}
+    out = {"span": intensity_range([p["span"] for p in parts])}
+    if _detail_on(mode, params):
+        spec, dog = _dog()
+        out["dog"] = spec.tiling.reduce_stats([p["dog"] for p in parts], mode=mode, **dog)
+    return out
+
+
+def _coarse(stack, gray, view, stats, *, mode, **params):
+    if not _detail_on(mode, params):
+        return None
+    spec, dog = _dog()
+    return spec.tiling.coarse(stack, gray, view, stats["dog"], mode=mode, **dog)
+
+
+def _reduce_coarse(parts, shape, z, *, mode, **params):
+    if not _detail_on(mode, params):
+        return None
+    spec, dog = _dog()
+    return spec.tiling.reduce_coarse(parts, shape, z, mode=mode, **dog)
+
+
+def detail_pick(stack, gray, device, context=None) -> np.ndarray:
+    """The dog method's N-way weights (Z, Y, X) for the same slices (its defaults, its
+    noise floor and flat-area fill; in a tiled run, from the whole image's passes)."""
+    from .._view import Context
+
+    spec, dog = _dog()
+    ctx = None
+    if context is not None:
+        ctx = Context(context.view, context.stats.get("dog"), context.coarse)
+    return spec.run(stack, gray, mode="nway", device=str(device), progress=None,
+                    keep_weights=True, context=ctx, **dog)[2]
 
 
 def scores(net, g: np.ndarray, device, progress=None, neighbourhood=0.0,
@@ -112,8 +171,17 @@ def weights_from_scores(s: np.ndarray, g: np.ndarray, gf_radius: int, gf_eps: fl
     return wts.cpu().numpy()
 
 
+def with_detail(wts: np.ndarray, pick: np.ndarray, detail: float) -> np.ndarray:
+    """The network's weights times 1 + ``detail`` x the fine detail's pick, renormalised
+    (in place): where the network finds slices about equally good, the pick decides,
+    pixel-sharp; where it is sure (by more than log(1 + detail) in its scores), it wins."""
+    wts *= 1 + detail * pick
+    wts /= wts.sum(axis=0, keepdims=True)
+    return wts
+
+
 def run(stack, gray, *, mode, device, progress, keep_weights, weights, neighbourhood,
-        neighbourhood_weight, gf_radius, gf_eps, context=None):
+        neighbourhood_weight, detail, gf_radius, gf_eps, context=None):
     import torch
 
     from ..focus.focusnet import load, slice_scores
@@ -140,16 +208,19 @@ def run(stack, gray, *, mode, device, progress, keep_weights, weights, neighbour
 
     s = scores(net, g, device, progress, neighbourhood=neighbourhood,
                neighbourhood_weight=neighbourhood_weight)
-    wts = weights_from_scores(s, g, radius, gf_eps, device).astype(stack.dtype, copy=False)
+    wts = weights_from_scores(s, g, radius, gf_eps, device)
     del s
+    if detail > 0:
+        wts = with_detail(wts, detail_pick(stack, gray, device, context), float(detail))
+    wts = wts.astype(stack.dtype, copy=False)
     fused, index = blend(stack, wts), index_from_weights(wts)
     if progress is not None:
         progress(z + 1, z + 1)
     return fused, index, wts
 
 
-def pair_maps(a, b, *, device, weights, neighbourhood, neighbourhood_weight, gf_radius,
-              gf_eps):
+def pair_maps(a, b, *, device, weights, neighbourhood, neighbourhood_weight, detail,
+              gf_radius, gf_eps):
     """P(a is the sharper) per pixel, and the same map as the decision (weight of ``a``)."""
     check_size(*a.shape)
     from ..focus.focusnet import load
@@ -172,5 +243,7 @@ register_method(Method(
     param_help=dict(HELP),
     devices=("cpu", "cuda"),
     torch_cpu=True,
-    tiling=Tiling(reach=_reach, align=STRIDE, stats=_stats, reduce_stats=_reduce_stats),
+    # windows on the dog pick's 16-px block grid (a multiple of the network's 4-px grid)
+    tiling=Tiling(reach=_reach, align=16, stats=_stats, reduce_stats=_reduce_stats,
+                  coarse=_coarse, reduce_coarse=_reduce_coarse),
 ))
