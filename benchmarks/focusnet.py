@@ -61,6 +61,7 @@ CANDIDATES = [
     ("cnn microscopy, series", "cnn", "series", {"training": "microscopy"}),
     ("cnn microscopy, nway", "cnn", "nway", {"training": "microscopy"}),
     ("cnn boundary, nway, no filter", "cnn", "nway", {"training": "boundary", "gf_radius": 0}),
+    ("focusnet, network alone", "focusnet", "nway", {"detail": 0}),
     ("focusnet", "focusnet", "nway", {}),
 ]
 SIM_SEEDS = (9001, 9002, 9003)
@@ -291,8 +292,8 @@ def sheets(cands, quick):
     stacks = getattr(_common, "REAL_STACKS", None)
     if not stacks:
         return ["Contact sheets: skipped (no real-stack loaders).", ""]
-    picks = [c for c in cands if c[0] in ("dog", "cnn papers, nway", "cnn microscopy, series",
-                                          "laplacian_pyramid", "focusnet")]
+    picks = [c for c in cands if c[0] in ("dog", "cnn papers, nway", "laplacian_pyramid",
+                                          "focusnet, network alone", "focusnet")]
     size = 160 if quick else 256
     rows, hrows = [], []
     for key, title, loader in stacks:

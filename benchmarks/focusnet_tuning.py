@@ -165,7 +165,10 @@ def _grid(net, stack):
     from napari_mfif.focus.focusnet import grid_scores
     from napari_mfif.fusion.cnn_pipeline import normalise
 
-    gray = stack.astype(np.float32).mean(-1) if stack.ndim == 4 else stack.astype(np.float32)
+    from napari_mfif.stack import focus_gray
+
+    # the method's own gray: the luminance of colour slices
+    gray = focus_gray(stack.astype(np.float32)) if stack.ndim == 4 else stack.astype(np.float32)
     with torch.inference_mode():
         return grid_scores(net, torch.as_tensor(normalise(gray)))
 
