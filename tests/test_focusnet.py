@@ -207,6 +207,13 @@ def test_tiles_match_the_whole_image(mode, hood):
     assert np.abs(whole.index_map - tiled.index_map).max() < 1e-4
 
 
+@pytest.mark.parametrize("tile_size", [0, 64])
+def test_a_negative_detail_is_refused(tile_size):
+    with pytest.raises(mf.MfifError, match="'detail' of method 'focusnet' must be >= 0"):
+        mf.fuse(np.zeros((3, 128, 128), np.uint8), method="focusnet", detail=-1,
+                tile_size=tile_size)
+
+
 def test_too_small_slices_are_refused():
     with pytest.raises(mf.MfifError, match="at least 8 x 8"):
         mf.fuse(np.zeros((3, 4, 40), np.uint8), method="focusnet")
