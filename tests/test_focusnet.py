@@ -244,6 +244,20 @@ def test_training_is_reproducible_and_its_weights_load(tmp_path):
         (64, 64)
 
 
+def test_stained_cells_change_only_the_brightfield_stacks_they_are_drawn_for():
+    """``--stained``: some brightfield stacks get absorbing cells; every other stack, and the
+    whole pool without the option, stay what they were (the shipped weights' command still
+    gives the shipped weights)."""
+    plain = train_focusnet.render_pool("heldout", 0, scale=0.07)
+    again = train_focusnet.render_pool("heldout", 0, scale=0.07, stained=0.0)
+    stained = train_focusnet.render_pool("heldout", 0, scale=0.07, stained=1.0)
+    assert [p["seed"] for p in plain] == [p["seed"] for p in stained]
+    for a, b, c in zip(plain, again, stained):
+        assert np.array_equal(a["clean"], b["clean"])
+        same = np.array_equal(a["clean"], c["clean"])
+        assert same == (a["kind"] != "brightfield"), a["kind"]
+
+
 def test_draw_gives_scaled_slices_truth_and_depth_in_slice_units():
     pool = train_focusnet.render_pool("heldout", 0, scale=0.07)
     rng = np.random.default_rng(0)

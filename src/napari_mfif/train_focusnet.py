@@ -88,11 +88,18 @@ def _blur_stack(images, rng, seed):
                 camera_kind="brightfield")
 
 
-def _optics_stack(kind, rng, seed):
+def _optics_stack(kind, rng, seed, stained: float = 0.0):
     from . import optics, train
 
     settings = train.random_optics(kind, rng)
     spec = dict(settings["specimen"])
+    if kind == "brightfield" and stained > 0:
+        # stained cells (amplitude objects): drawn from their own generator, so that the
+        # pool without them is the pool it always was
+        srng = np.random.default_rng([seed, 17])
+        if srng.random() < stained:
+            spec.update(absorption=srng.uniform(0.3, 0.7), phase=srng.uniform(0.2, 0.8),
+                        cells=str(srng.choice(["rbc", "mixed"])))
     if rng.random() < 1 / 3:  # sparse objects on empty background
         for key in ("n_cells", "n_granules", "n_fibres"):
             spec[key] = int(round(spec[key] * rng.uniform(0.05, 0.3)))
@@ -145,7 +152,8 @@ def _reflected_stack(rng, seed):
                 camera_kind="brightfield")
 
 
-def render_pool(split: str, seed: int = 0, scale: float = 1.0, log=None) -> list[dict]:
+def render_pool(split: str, seed: int = 0, scale: float = 1.0, log=None,
+                stained: float = 0.0) -> list[dict]:
     """The simulated stacks of one split ('train' or 'heldout'), each kind's count times
     ``scale``; stack ``i`` of kind ``j`` has seed ``SEED_BASE[split] + 1000 * seed + 10 * i +
     j``."""
@@ -164,7 +172,7 @@ def render_pool(split: str, seed: int = 0, scale: float = 1.0, log=None) -> list
             elif kind == "reflected":
                 st = _reflected_stack(rng, s)
             else:
-                st = _optics_stack(kind, rng, s)
+                st = _optics_stack(kind, rng, s, stained)
             st["seed"] = s
             pool.append(st)
     if log is not None:
@@ -324,18 +332,21 @@ def heldout_examples(pool, seed: int = 1):
 def train(steps: int = 3000, batch: int = 4, lr: float = 2e-3, ce_weight: float = 0.05,
           grad_weight: float = 0.0,
           seed: int = 0, pool_scale: float = 1.0, heldout_scale: float = 1.0,
-          log=print, command: str = "") -> tuple:
+          log=print, command: str = "", init: str | None = None,
+          stained: float = 0.0) -> tuple:
     import torch
 
-    from .focus.focusnet import StackFocusNet
+    from .focus.focusnet import StackFocusNet, load
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    pool = render_pool("train", seed, pool_scale, log)
-    held = heldout_examples(render_pool("heldout", 0, heldout_scale, log))
+    pool = render_pool("train", seed, pool_scale, log, stained)
+    held = heldout_examples(render_pool("heldout", 0, heldout_scale, log, stained))
     log(f"  pools ready in {time.perf_counter() - started:.0f} s")
     net = StackFocusNet()
+    if init:  # go on from trained weights
+        net.load_state_dict(load(init, "cpu")[0].state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     # one-cycle schedule (5 % warm-up, cosine decay); at least two steps of warm-up
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 40),
@@ -364,7 +375,7 @@ def train(steps: int = 3000, batch: int = 4, lr: float = 2e-3, ce_weight: float 
     acc = evaluate(net, held)
     log("  held out (PSNR dB, fused / best slice / oracle): " + json.dumps(acc))
     meta = dict(steps=steps, batch=batch, lr=lr, ce_weight=ce_weight, grad_weight=grad_weight,
-                seed=seed,
+                seed=seed, init=Path(init).name if init else None, stained=stained,
                 pool={k: int(round(v * pool_scale)) for k, v in POOL["train"].items()},
                 out_of_focus=OUT_OF_FOCUS, heldout_psnr=acc, history=history[-5:],
                 seconds=round(time.perf_counter() - started),
@@ -385,6 +396,9 @@ def main(argv=None) -> int:
     p.add_argument("--grad-weight", type=float, default=0.0,
                    help="weight of the gradient term of the image loss")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="start from these weights")
+    p.add_argument("--stained", type=float, default=0.0,
+                   help="share of brightfield stacks with stained (absorbing) cells")
     p.add_argument("--pool-scale", type=float, default=1.0,
                    help="size of the training pool relative to the default")
     p.add_argument("--heldout-scale", type=float, default=1.0,
@@ -405,7 +419,8 @@ def main(argv=None) -> int:
     try:
         net, meta = train(args.steps, args.batch, args.lr, args.ce_weight, args.grad_weight,
                           args.seed,
-                          args.pool_scale, args.heldout_scale,
+                          args.pool_scale, args.heldout_scale, init=args.init,
+                          stained=args.stained,
                           command="python -m napari_mfif.train_focusnet "
                                   + " ".join(sys.argv[1:] if argv is None else argv))
     finally:
