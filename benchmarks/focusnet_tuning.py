@@ -52,6 +52,23 @@ def _ranks(cols: dict, configs: list, lower: tuple = ()) -> dict:
     return ranks
 
 
+def _wafer_sets(loaders) -> list:
+    """(column, stack, reference) of the wafer with all planes and without the two in-focus
+    ones; none where the data is absent or unreadable (its LZW TIFFs need imagecodecs)."""
+    from napari_mfif import MfifError
+
+    try:
+        wafer = loaders["wafer_reflected"]()
+    except MfifError as exc:
+        print(f"wafer skipped: {exc}")
+        return []
+    if wafer is None:
+        return []
+    st, ref = wafer["stack"], wafer["stack"][wafer["reference"]]
+    keep = np.abs(np.asarray(wafer["z"])) > 1.0
+    return [("wafer", st, ref), ("wafer, in-focus planes out", st[keep], ref)]
+
+
 def _detail_fused(stack, wts, pick, detail):
     from napari_mfif.fusion.focusnet_pipeline import with_detail
     from napari_mfif.stack import blend, to_dtype
@@ -84,7 +101,7 @@ def detail_table(net, hood, weight):
     from cnn_boundary import VOC, load_voc
     from quality import SYNTH
 
-    from napari_mfif import MfifError, metrics
+    from napari_mfif import metrics
 
     cols: dict[str, dict] = {}
 
@@ -118,16 +135,8 @@ def detail_table(net, hood, weight):
                               for d, f in fused.items()}
         cols["smear |energy - 1|"] = {d: [abs(gradient_energy(f) / g_ref - 1)]
                                       for d, f in fused.items()}
-    try:
-        wafer = loaders["wafer_reflected"]()
-    except MfifError as exc:
-        print(f"wafer skipped: {exc}")
-        wafer = None
-    if wafer is not None:
-        st, ref = wafer["stack"], wafer["stack"][wafer["reference"]]
-        keep = np.abs(np.asarray(wafer["z"])) > 1.0
-        for name, sub in (("wafer", st), ("wafer, in-focus planes out", st[keep])):
-            add(name, sub, lambda f: metrics.psnr(ref, f, 255))
+    for name, sub, ref in _wafer_sets(loaders):
+        add(name, sub, lambda f, ref=ref: metrics.psnr(ref, f, 255))
     means = {n: {d: float(np.mean(v)) for d, v in col.items()} for n, col in cols.items()}
     ranks = _ranks(means, list(DETAILS), lower=("smear |energy - 1|",))
     best = min(DETAILS, key=lambda d: (ranks[d], d))
@@ -177,7 +186,7 @@ def main():
     import simulated as sim
     from brightfield import _gray
 
-    from napari_mfif import MfifError, metrics
+    from napari_mfif import metrics
     from napari_mfif.focus import focusnet
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,18 +212,10 @@ def main():
         grid = _grid(net, st)
         cols["smear SSIM"] = {c: float(metrics.ssim(_gray(ref), _gray(_fused(st, grid, *c)),
                                                     255)) for c in configs}
-    try:
-        wafer = loaders["wafer_reflected"]()
-    except MfifError as exc:  # its LZW TIFFs need imagecodecs
-        print(f"wafer skipped: {exc}")
-        wafer = None
-    if wafer is not None:
-        st, ref = wafer["stack"], wafer["stack"][wafer["reference"]]
-        keep = np.abs(np.asarray(wafer["z"])) > 1.0
-        for name, sub in (("wafer", st), ("wafer, in-focus planes out", st[keep])):
-            grid = _grid(net, sub)
-            cols[name] = {c: float(metrics.psnr(ref, np.clip(np.rint(_fused(sub, grid, *c)),
-                                                             0, 255), 255)) for c in configs}
+    for name, sub, ref in _wafer_sets(loaders):
+        grid = _grid(net, sub)
+        cols[name] = {c: float(metrics.psnr(ref, np.clip(np.rint(_fused(sub, grid, *c)),
+                                                         0, 255), 255)) for c in configs}
     ranks = _ranks(cols, configs)
     best = min(configs, key=lambda c: ranks[c])
     names = list(cols)
