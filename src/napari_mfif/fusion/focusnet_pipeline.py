@@ -236,7 +236,8 @@ def pair_maps(a, b, *, device, weights, neighbourhood, neighbourhood_weight, det
 register_method(Method(
     name="focusnet",
     summary="small focus network trained on simulated brightfield, fluorescence, reflected-"
-            "light and Gaussian-blur stacks; judges all slices at once at 1/4 resolution",
+            "light and Gaussian-blur stacks; judges all slices at once at 1/4 resolution, "
+            "the finest detail (dog's pick) deciding where it finds slices equally good",
     run=run,
     pair_maps=pair_maps,
     params=dict(DEFAULTS),
