@@ -179,6 +179,31 @@ def _score(measure, ops, gray, *, presmooth, window):
                              ops=ops)).astype(gray.dtype)
 
 
+def nway_weights(measure, gray, *, device="cpu", context=None, **params) -> np.ndarray:
+    """The N-way weights (Z, Y, X) a choose-max method registered with ``measure`` blends
+    ``gray``'s slices with (noise floor and flat-area fill included; ``context`` as its
+    ``run`` gets it in a tiled run), without the blend: for a method that combines them with
+    its own (``focusnet``'s fine detail)."""
+    ops = TorchOps(device) if device != "cpu" else NUMPY
+    return _nway_weights(measure, ops, gray, None, context, **params)
+
+
+def _nway_weights(measure, ops, gray, progress, context, *, presmooth, window, smooth,
+                  noise_floor, consistency, agreement):
+    floor, view, maps = 0.0, None, None
+    if context is not None:
+        floor, view, maps = context.stats or 0.0, context.view, context.coarse
+    elif noise_floor > 0:
+        sigma = noise_sigma(gray)
+        floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
+    weights, confidence = _choose(measure, ops, gray, progress, floor=floor,
+                                  presmooth=presmooth, window=window, smooth=smooth,
+                                  consistency=consistency, agreement=agreement)
+    if confidence is not None:
+        weights = fill_flat_areas(weights, confidence, view=view, maps=maps, in_place=True)
+    return weights
+
+
 def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth, window,
           smooth, noise_floor, consistency=0.0, agreement=0.4, context=None):
     """The fusion with the focus measure and the decision smoothing computed by ``ops``
@@ -186,17 +211,9 @@ def _fuse(measure, ops, stack, gray, *, mode, progress, keep_weights, presmooth,
     noise floor stay in numpy (the floor is measured with the numpy measure, so it is the
     same number on every device)."""
     if mode == "nway":
-        floor, view, maps = 0.0, None, None
-        if context is not None:
-            floor, view, maps = context.stats or 0.0, context.view, context.coarse
-        elif noise_floor > 0:
-            sigma = noise_sigma(gray)
-            floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
-        weights, confidence = _choose(measure, ops, gray, progress, floor=floor,
-                                      presmooth=presmooth, window=window, smooth=smooth,
-                                      consistency=consistency, agreement=agreement)
-        if confidence is not None:
-            weights = fill_flat_areas(weights, confidence, view=view, maps=maps, in_place=True)
+        weights = _nway_weights(measure, ops, gray, progress, context, presmooth=presmooth,
+                                window=window, smooth=smooth, noise_floor=noise_floor,
+                                consistency=consistency, agreement=agreement)
         return blend(stack, weights), index_from_weights(weights), weights
 
     if ops is NUMPY:

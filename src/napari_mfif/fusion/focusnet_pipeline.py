@@ -122,17 +122,19 @@ def _reduce_coarse(parts, shape, z, *, mode, **params):
     return spec.tiling.reduce_coarse(parts, shape, z, mode=mode, **dog)
 
 
-def detail_pick(stack, gray, device, context=None) -> np.ndarray:
+def detail_pick(gray, device, context=None) -> np.ndarray:
     """The dog method's N-way weights (Z, Y, X) for the same slices (its defaults, its
-    noise floor and flat-area fill; in a tiled run, from the whole image's passes)."""
+    noise floor and flat-area fill; in a tiled run, from the whole image's passes), without
+    blending the slices by them."""
     from .._view import Context
+    from ..focus.classic import nway_weights
+    from ..focus.dog import fine_band_energy
 
-    spec, dog = _dog()
+    _, dog = _dog()
     ctx = None
     if context is not None:
         ctx = Context(context.view, context.stats.get("dog"), context.coarse)
-    return spec.run(stack, gray, mode="nway", device=str(device), progress=None,
-                    keep_weights=True, context=ctx, **dog)[2]
+    return nway_weights(fine_band_energy, gray, device=str(device), context=ctx, **dog)
 
 
 def scores(net, g: np.ndarray, device, progress=None, neighbourhood=0.0,
@@ -211,7 +213,7 @@ def run(stack, gray, *, mode, device, progress, keep_weights, weights, neighbour
     wts = weights_from_scores(s, g, radius, gf_eps, device)
     del s
     if detail > 0:
-        wts = with_detail(wts, detail_pick(stack, gray, device, context), float(detail))
+        wts = with_detail(wts, detail_pick(gray, device, context), float(detail))
     wts = wts.astype(stack.dtype, copy=False)
     fused, index = blend(stack, wts), index_from_weights(wts)
     if progress is not None:
