@@ -511,7 +511,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
     start = time.perf_counter()
     if len(args.inputs) > 1 and not args.keep_order:
         args.inputs = io.natural_sorted(args.inputs)
-    _names_z(args)  # --z-from-names: every name's z, rising, checked before any work
+    names_z = _names_z(args)  # --z-from-names: every name's z, rising, checked before work
     info = _first_tiff_info(io, args.inputs)
     layout = _layout(args, info)
     header = _stack_header(io, args.inputs)
@@ -537,7 +537,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
                 tiled = True
     if tiled:
         return _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report,
-                           header)
+                           header, names_z)
     if any(v is not None for v in layout.values()):  # fuse() checks the unusual layout
         stack = io.read_image(args.inputs[0])
     else:  # aligned slices may differ in size: framed below
@@ -563,7 +563,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
     pixel = _pixel_size(io, info, outputs[0])
     height = result.index_map
     z_step = _z_step_um(args, info) if args.height_map else None
-    to_height = _names_height(args) if args.height_map else None
+    to_height = _names_height(names_z) if args.height_map else None
     if to_height is not None:
         height, z_step = to_height(height), None
     elif z_step is not None:
@@ -604,7 +604,7 @@ def _fuse_command(args, report: dict | None = None) -> int:
                 print(alignment.report())
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            note = _names_note(args) or _height_note(z_step, args.z_step is not None)
+            note = _names_note(names_z) or _height_note(z_step, args.z_step is not None)
             print(f"height map:  {outputs[1].resolve()} ({note})")
     return EXIT_OK
 
@@ -633,9 +633,9 @@ def _names_z(args) -> np.ndarray | None:
     return z
 
 
-def _names_height(args):
-    """The function turning a height map in slices into the z of the names (or None)."""
-    z = _names_z(args)
+def _names_height(z: np.ndarray | None):
+    """The function turning a height map in slices into the z of the names, ``z`` from
+    :func:`_names_z` (None without --z-from-names)."""
     if z is None:
         return None
     from .formats import height_in_micrometres
@@ -643,8 +643,7 @@ def _names_height(args):
     return lambda height: height_in_micrometres(height, z)
 
 
-def _names_note(args) -> str | None:
-    z = _names_z(args)
+def _names_note(z: np.ndarray | None) -> str | None:
     if z is None:
         return None
     return f"height in µm: planes at z = {_z_list(z)} µm (from the file names)"
@@ -963,7 +962,7 @@ def _fits_in_memory(header) -> bool:
 
 
 def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=None,
-                header=None) -> int:
+                header=None, names_z=None) -> int:
     """``fuse`` tile by tile: TIFF inputs read region by region, tiled BigTIFF outputs
     written band by band (see napari_mfif.tiles)."""
     from .slide_io import TiffStackSource
@@ -1010,8 +1009,8 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         check_size(h, w)
     z_step = _z_step_um(args, info, source.z_step_um) if args.height_map else None
     to_height = None if z_step is None else (lambda h: (h * z_step).astype(np.float32))
-    if args.height_map and _names_height(args) is not None:
-        to_height = _names_height(args)
+    if args.height_map and names_z is not None:
+        to_height = _names_height(names_z)
     array = as_dask(source.stack if isinstance(source, _InMemorySource) else source, tile)
     run, device = _tile_and_write(args, spec, params, outputs, array, source.pixel_size,
                                   to_height, tile)
@@ -1025,7 +1024,7 @@ def _fuse_tiled(args, io, spec, params, outputs, info, layout, start, report=Non
         _print_slice_order(args)
         print(f"fused image: {outputs[0].resolve()}")
         if args.height_map:
-            note = _names_note(args) or _height_note(z_step, args.z_step is not None)
+            note = _names_note(names_z) or _height_note(z_step, args.z_step is not None)
             print(f"height map:  {outputs[1].resolve()} ({note})")
     return EXIT_OK
 

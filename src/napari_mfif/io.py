@@ -318,9 +318,7 @@ def z_from_name(path: str | os.PathLike) -> float | None:
     """The last number in a file's name without its extension, signed and decimal as
     :func:`natural_key` reads it (``tile_-43.418.tiff`` -> -43.418), or None where the name
     has none: the z some acquisition programs write only into the names."""
-    name = Path(path).name
-    stem = name[:-len("".join(Path(name).suffixes[-1:]))] if Path(name).suffix else name
-    numbers = _NUMBER.findall(stem)
+    numbers = _NUMBER.findall(Path(path).stem)
     return float(numbers[-1]) if numbers else None
 
 

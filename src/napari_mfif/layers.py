@@ -142,8 +142,7 @@ def _time_point_stack(layer, data, t_axis: int, t: int, z_axis: int,
     keep = [i for i in range(4) if i != t_axis]
     units = _layer_units(layer, list(range(4)))
     view = SimpleNamespace(
-        name=f"{layer.name} t{t}", data=np.take(data, t, axis=t_axis) if isinstance(
-            data, np.ndarray) else data[(slice(None),) * t_axis + (t,)],
+        name=f"{layer.name} t{t}", data=data[(slice(None),) * t_axis + (t,)],  # a view
         ndim=3, rgb=getattr(layer, "rgb", False), multiscale=False,
         scale=[float(layer.scale[i]) for i in keep],
         translate=[float(layer.translate[i]) for i in keep],
