@@ -71,27 +71,19 @@ def _wafer_sets(loaders) -> list:
 
 def _detail_fused(stack, wts, pick, detail):
     from napari_mfif.fusion.focusnet_pipeline import with_detail
-    from napari_mfif.stack import blend, to_dtype
+    from napari_mfif.stack import to_dtype
 
     w = with_detail(wts.copy(), pick, detail) if detail else wts
-    st = stack.astype(np.float32)
-    f = blend(st if st.ndim == 4 else st[..., None], w)
-    return to_dtype(f if stack.ndim == 4 else f[..., 0], stack.dtype)
+    return to_dtype(_blend(stack, w), stack.dtype)
 
 
 def _detail_parts(net, stack, hood, weight):
-    """The network's N-way weights and the dog pick of one stack, computed once."""
-    from napari_mfif import fuse
-    from napari_mfif.fusion.focusnet_pipeline import weights_from_scores
+    """The network's N-way weights and the dog pick of one stack, computed once, by the
+    method's own functions."""
+    from napari_mfif.fusion.focusnet_pipeline import detail_pick
 
-    grid = _grid(net, stack)
-    from napari_mfif.focus.focusnet import upsample, with_neighbourhood
-
-    wts = weights_from_scores(upsample(with_neighbourhood(grid, hood, weight),
-                                       stack.shape[1:3]), None, 0, 0.0, "cpu")
-    pick = fuse(stack, method="dog", return_weights=True,
-                channel_axis=-1 if stack.ndim == 4 else None).weights
-    return wts, pick
+    return (_net_weights(stack, _grid(net, stack), hood, weight),
+            detail_pick(_focus_gray(stack), "cpu"))
 
 
 def detail_table(net, hood, weight):
@@ -156,16 +148,34 @@ def detail_table(net, hood, weight):
     return lines, best
 
 
-def _fused(stack, grid, sigma, weight):
+def _net_weights(stack, grid, sigma, weight):
+    """The method's softmax weights from grid scores, with the neighbourhood, no filter."""
     from napari_mfif.focus.focusnet import upsample, with_neighbourhood
     from napari_mfif.fusion.focusnet_pipeline import weights_from_scores
-    from napari_mfif.stack import blend
 
     s = upsample(with_neighbourhood(grid, sigma, weight), stack.shape[1:3])
-    w = weights_from_scores(s, None, 0, 0.0, "cpu")  # the method's softmax, no filter
+    return weights_from_scores(s, None, 0, 0.0, "cpu")
+
+
+def _blend(stack, w):
+    """The float image the weights ``w`` make of ``stack`` (grey or colour)."""
+    from napari_mfif.stack import blend
+
     st = stack.astype(np.float32)
     f = blend(st if st.ndim == 4 else st[..., None], w)
     return f if stack.ndim == 4 else f[..., 0]
+
+
+def _fused(stack, grid, sigma, weight):
+    return _blend(stack, _net_weights(stack, grid, sigma, weight))
+
+
+def _focus_gray(stack):
+    """The method's own gray: the luminance of colour slices, float32."""
+    from napari_mfif.stack import focus_gray
+
+    st = stack.astype(np.float32)
+    return focus_gray(st) if st.ndim == 4 else st
 
 
 def _grid(net, stack):
@@ -174,12 +184,8 @@ def _grid(net, stack):
     from napari_mfif.focus.focusnet import grid_scores
     from napari_mfif.fusion.cnn_pipeline import normalise
 
-    from napari_mfif.stack import focus_gray
-
-    # the method's own gray: the luminance of colour slices
-    gray = focus_gray(stack.astype(np.float32)) if stack.ndim == 4 else stack.astype(np.float32)
     with torch.inference_mode():
-        return grid_scores(net, torch.as_tensor(normalise(gray)))
+        return grid_scores(net, torch.as_tensor(normalise(_focus_gray(stack))))
 
 
 def main():
