@@ -12,7 +12,7 @@ from ._errors import MfifError
 from ._memory import check_stack
 from .registry import DEFAULT_METHOD, MODES, get_method
 from .stack import (as_stack, blend_with, channels_last, check_slice_size, check_z_layout,
-                    focus_gray, luminance, to_dtype, with_channel_axis, z_first)
+                    focus_gray, lazy_stack, luminance, to_dtype, with_channel_axis, z_first)
 
 
 @dataclass
@@ -222,8 +222,11 @@ def fuse(
     used_device = resolve_device(device, spec.devices, method, auto_cuda=spec.auto_cuda)
     array = as_stack(stack)
     check_slice_size(array.shape)
-    work, had_channels = with_channel_axis(array)
-    gray = focus_gray(work, focus_channel)
+    if spec.slice_by_slice and mode == "nway" and used_device == "cpu" and align is None:
+        work, gray, had_channels = lazy_stack(array, focus_channel)  # no float copy
+    else:
+        work, had_channels = with_channel_axis(array)
+        gray = focus_gray(work, focus_channel)
     alignment = None
     if align is not None:
         from .align import align_stack

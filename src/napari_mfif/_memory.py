@@ -15,30 +15,40 @@ The estimate (:func:`fusion_bytes`) is the peak resident memory ``fuse`` adds on
 stack itself once the stack is in memory, for a stack of Z slices of Y x X pixels with C
 channels (C = 1 for grey), on the CPU::
 
-    bytes = s * (a * Z*Y*X*C + b * Z*Y*X + c * Y*X*C + d * Y*X) + n * Y*X + overhead
+    bytes = s * (a * Z*Y*X*C + b * Z*Y*X + c * Y*X*C + (d + t * T) * Y*X) + n * Y*X + overhead
 
 with ``s = 1`` when the work is done in float32 (uint8, uint16, int16, float32 input) and
-``s = 2`` in float64 (float64 and 32-bit integer input). The factors were measured by
+``s = 2`` in float64 (float64 and 32-bit integer input), and T the threads the per-slice
+steps use (:func:`napari_mfif.stack.slice_threads`, 1 to 4). The factors were measured by
 running ``fuse`` in a fresh process on stacks from 2 x 256 x 256 to 24 x 4096 x 4096 (grey
 and RGB; uint8, uint16, float32), reading the peak resident set (``VmHWM``, reset just
 before the call, after a first small call had done the imports) and fitting the line that
 lies at or above the large runs:
 
-=====================  ====  ====  ====  ====  ============================  ========
-method, mode            a     b     c     d    n (network, per Y*X)          overhead
-=====================  ====  ====  ====  ====  ============================  ========
-classic, nway           6    20     2    56    -                             8 MiB
-classic, nway, floor 0  6     4     2    28    -                             8 MiB
-classic, series         6     0     7    26    -                             8 MiB
-cnn, nway               6    46     0     0    240 compact, 1250 liu2017     352 MiB
-cnn, series             6     6     0     0    400 compact, 1850 liu2017     352 MiB
-cnn_wavelet, nway       6    46     0     0    as cnn                        352 MiB
-cnn_wavelet, series     6     6    18    36    as cnn                        352 MiB
-=====================  ====  ====  ====  ====  ============================  ========
+=======================  ====  ====  ====  ====  ====  ==========================  ========
+method, mode              a     b     c     d     t    n (network, per Y*X)        overhead
+=======================  ====  ====  ====  ====  ====  ==========================  ========
+slice by slice, nway      0     0     6    24    12    -                           64 MiB
+classic, nway             6    20     2    56     0    -                           8 MiB
+classic, series           6     0     7    26     0    -                           8 MiB
+cnn, nway                 6    46     0     0     0    240 compact, 1250 liu2017   352 MiB
+cnn, series               6     6     0     0     0    400 compact, 1850 liu2017   352 MiB
+cnn_wavelet, nway         6    46     0     0     0    as cnn                      352 MiB
+cnn_wavelet, series       6     6    18    36     0    as cnn                      352 MiB
+=======================  ====  ====  ====  ====  ====  ==========================  ========
 
-"classic" is ``tenengrad`` and ``variance`` (and methods registered from outside the
-package, whose needs are unknown); "floor 0" is ``noise_floor=0``, which skips the N-way
-flat-area step. Of ``a``, 4 bytes per value are the float32 copy of the stack; ``b`` holds
+"slice by slice" is every method that fuses N-way one slice at a time (the choose-max
+methods: ``dog``, ``tenengrad``, ``variance``, ``sml``; :attr:`Method.slice_by_slice
+<napari_mfif.registry.Method.slice_by_slice>`): no float copy of the stack and no per-slice
+maps kept, so nothing grows with the number of slices; ``d`` holds the running best, the
+choice, the running sums and the confidence, ``t`` one thread's slice temporaries, ``c``
+the blend and the slice being added. Measured on 8 and 24 x 1024^2 to 4096^2 (grey uint16,
+RGB uint8; one and two threads; ``dog``, ``tenengrad``, ``variance``, ``sml``, with and
+without the noise floor), the peaks were 0.6 to 0.9 times the estimate (the measures'
+temporaries differ: ``dog``'s are the fewest). "classic" is the
+same methods in series mode, and the other methods (pyramid, wavelet, focusnet, and methods
+registered from outside the package, whose needs are unknown). Of ``a``, 4 bytes per value
+are the float32 copy of the stack; ``b`` holds
 the per-slice maps kept for all slices at once (decision maps; the flat-area blend; for the
 CNN, the score maps, their softmax and the guided filter); the CNN's ``n`` is one slice's
 feature maps (16 and 32 full-size channels for the compact net, 64 and 128 for liu2017; a
@@ -47,12 +57,14 @@ feature maps (16 and 32 full-size channels for the compact net, 64 and 128 for l
 RGB and 8 channels): in N-way its DWT pass stays below the CNN's own peak (the same peak to
 within 1 %); in series the running result and the two slices' decompositions (with the gray
 image as one more channel) add about 18 bytes per image value plus 36 per pixel.
-``return_weights=True`` adds 6 bytes per voxel in series mode and nothing in N-way mode.
+``return_weights=True`` adds 6 bytes per voxel in series mode, 5 slice by slice (the
+weights themselves, 4) and nothing in the classic N-way mode (which holds them anyway).
 Of the runs whose peak passed 100 MiB, the classic methods measured 0.73 to 0.95 times the
-estimate (since the per-slice steps run on up to four threads and the flat-area blend and the
-consistency check touch only the pixels they change, 0.55 to 0.77 times, with four threads), the CNN 0.71 to 1.0 times from 1 GiB up and up to 1.3 times its estimate without
+estimate, the CNN 0.71 to 1.0 times from 1 GiB up and up to 1.3 times its estimate without
 the torch import below that (its peak varies by some 15 % from run to run). On a GPU the
-host needs less than this; the CPU figure is used anyway.
+host needs less than this, except for the choose-max methods asked for ``device="cuda"``,
+which bring every slice's weights back to the host (the "classic" figures); the CPU figure
+is used anyway.
 
 When the stack is not in memory yet (a dask array, a list of slices, a file the command
 line is about to read), its own bytes are added.
@@ -68,15 +80,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from ._errors import MfifError
-from .stack import work_dtype
+from .stack import slice_threads, work_dtype
 
 _MIB = 2**20
 _GIB = 2**30
 
 #: (method kind, mode) -> bytes per (stack value, voxel, image value, image pixel), float32 work
 _FACTORS = {
+    ("streamed", "nway"): (0, 0, 6, 24),
     ("classic", "nway"): (6, 20, 2, 56),
-    ("classic", "nway", "no noise floor"): (6, 4, 2, 28),
     ("classic", "series"): (6, 0, 7, 26),
     ("cnn", "nway"): (6, 46, 0, 0),
     ("cnn", "series"): (6, 6, 0, 0),
@@ -93,9 +105,11 @@ _NETWORK = {
     "wavelet": {"nway": 240, "series": 400},
     "compact_mixed": {"nway": 240, "series": 400},
 }
-_OVERHEAD = {"classic": 8 * _MIB, "cnn": 352 * _MIB}
-#: extra bytes per voxel for ``return_weights=True`` in series mode
-_SERIES_WEIGHTS = 6
+_OVERHEAD = {"streamed": 64 * _MIB, "classic": 8 * _MIB, "cnn": 352 * _MIB}
+#: bytes per pixel of one thread's slice temporaries, slice by slice
+_THREAD = 12
+#: extra bytes per voxel for ``return_weights=True``, by kind and mode
+_WEIGHTS = {("classic", "series"): 6, ("streamed", "nway"): 5}
 
 #: a cgroup memory limit at least this large means "no limit"
 _NO_LIMIT = 2**60
@@ -256,8 +270,15 @@ def _read_int(path: Path) -> int | None:
 _CNN_METHODS = ("cnn", "cnn_wavelet")
 
 
-def _kind(method: str) -> str:
-    return "cnn" if method in _CNN_METHODS else "classic"
+def _kind(method: str, mode: str = "series") -> str:
+    if method in _CNN_METHODS:
+        return "cnn"
+    from .registry import available_methods
+
+    spec = available_methods().get(method)
+    if mode == "nway" and spec is not None and spec.slice_by_slice:
+        return "streamed"
+    return "classic"
 
 
 def _network(params: Mapping[str, Any] | None) -> str:
@@ -289,8 +310,7 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
     method, mode : str
         As for :func:`napari_mfif.fuse`.
     params : dict, optional
-        The method's parameters: for ``cnn``, ``arch`` and ``weights`` pick the network;
-        for the classic methods, ``noise_floor=0`` (off) saves the N-way flat-area step.
+        The method's parameters: for ``cnn``, ``arch`` and ``weights`` pick the network.
     return_weights : bool
         As for :func:`napari_mfif.fuse`.
 
@@ -300,19 +320,19 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
         The estimate (see the module docstring for the measured factors).
     """
     z, y, x, c = _dims(shape)
-    kind = _kind(method)
     mode = mode if mode in ("nway", "series") else "nway"
+    kind = _kind(method, mode)
     key = (method if method in _CNN_METHODS else kind, mode)
-    if key == ("classic", "nway") and (params or {}).get("noise_floor", 1) == 0:
-        key += ("no noise floor",)
     a, b, c_image, d = _FACTORS[key]
+    if kind == "streamed":
+        d += _THREAD * slice_threads()
     scale = work_dtype(np.dtype(dtype)).itemsize // 4
     voxels, pixels = z * y * x, y * x
     total = scale * (a * voxels * c + b * voxels + c_image * pixels * c + d * pixels)
     if kind == "cnn":
         total += _NETWORK[_network(params)][mode] * pixels
-    if return_weights and mode == "series":
-        total += scale * _SERIES_WEIGHTS * voxels
+    if return_weights:
+        total += scale * _WEIGHTS.get((kind, mode), 0) * voxels
     return total + _OVERHEAD[kind]
 
 

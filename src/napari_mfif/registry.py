@@ -71,6 +71,11 @@ class Method:
     #: whether the method computes in torch on the CPU too (torch then already uses every
     #: core for one call, so tiles are not run in parallel threads on the CPU)
     torch_cpu: bool = False
+    #: whether ``run`` takes the stack and its gray image as
+    #: :class:`~napari_mfif.stack.LazySlices` (each slice converted when it is read, so no
+    #: float copy of the whole stack is made) in N-way mode on the CPU without alignment;
+    #: otherwise, and for every other method, they are float arrays
+    slice_by_slice: bool = False
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's defaults updated with ``given``; unknown names are an error."""

@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from ._errors import MfifError
 from ._view import View
+from .focus._ops import TRUNCATE, radius
 
 #: the most channels accepted on the last axis of a (Z, Y, X, C) stack
 MAX_CHANNELS = 16
@@ -427,6 +428,252 @@ def nway_choice(
     return weights, confidence
 
 
+def nway_fuse(
+    focus: Callable[[np.ndarray], np.ndarray],
+    gray: Any,
+    smooth: float,
+    progress: Progress = None,
+    *,
+    stack: Any = None,
+    weights: np.ndarray | None = None,
+    floor: float = 0.0,
+    fill: bool = True,
+    revise: Callable[[np.ndarray, Any, np.ndarray | None], np.ndarray] | None = None,
+    threads: int = 1,
+    focus_reach: int | None = None,
+    view: View | None = None,
+    maps: "FillMaps | None" = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """The N-way fusion of :func:`nway_choice`, :func:`fill_flat_areas`, :func:`blend` and
+    :func:`index_from_weights`, slice by slice: no array of all slices' scores or weights is
+    made (unless ``weights`` asks for them), so the memory it needs beyond the stack is a few
+    image-sized maps and the temporaries of the slices in flight. ``gray`` and ``stack`` are
+    read one slice at a time (``gray[k]``, ``stack[k, box]``, ``stack[k, ys, xs]``), so they
+    may be :class:`LazySlices` that convert each slice as it is read.
+
+    1. each slice is scored and the running best kept (as :func:`nway_choice`);
+    2. ``revise(choice, scores, trust)`` gets scores that are computed again when asked
+       for, only over the box around the pixels asked about (grown by ``focus_reach``, the
+       pixels the measure reads around each of its outputs; the whole slice when None);
+    3. each slice's decision map is smoothed (a Gaussian of sigma ``smooth`` px, scipy's
+       ``reflect`` edges, over the box around the pixels that chose the slice) and added,
+       times the slice, into running sums, which are divided by the summed maps (the
+       weights of :func:`nway_choice` with that Gaussian, to float rounding);
+    4. with a noise ``floor`` and ``fill``, flat areas get the filled height of
+       :func:`fill_flat_areas` (``view`` and ``maps`` as there) and average the slices
+       near it, in one more pass over the pixels concerned.
+
+    ``weights``, a (Z, Y, X) array of gray's dtype, receives each slice's share of every
+    pixel (for ``return_weights``; it costs a value per voxel). Returns ``(fused, height,
+    confidence)``: the (Y, X, C) blend (None without ``stack``), the float32 fractional
+    slice index, and the noise floor's confidence (None without a floor). Without
+    ``fill`` they are the choose-max height and confidence that a tiled run's coarse
+    pass sums.
+    """
+    z = len(gray)
+    h, w = gray.shape[1:]
+    dtype = np.dtype(gray.dtype)
+    best = np.full((h, w), -np.inf, dtype=dtype)
+    choice = np.zeros((h, w), dtype=np.uint8 if z <= 256 else np.intp)
+    for k, score in enumerate(map_slices(lambda k: focus(gray[k]), z, threads)):
+        better = score > best
+        np.copyto(best, score, where=better)
+        np.copyto(choice, k, where=better, casting="unsafe")
+        del score, better
+        if progress is not None:
+            progress(k + 1, 2 * z)
+    trust = np.clip(best / floor - 1, 0, 1).astype(dtype) if floor > 0 else None
+    del best
+    if revise is not None:
+        choice = revise(choice, _Rescored(focus, gray, focus_reach), trust)
+
+    def smoothed(k: int):
+        chosen = choice == k
+        box = _grown_box(chosen, radius(smooth))
+        if box is None:
+            return None
+        return box, _gaussian_to(chosen[box], smooth, dtype)  # no float copy of the mask
+
+    total = np.zeros((h, w), dtype)
+    height = np.zeros((h, w), dtype)
+    fused = None if stack is None else np.zeros((h, w, stack.shape[-1]), dtype)
+    for k, part in enumerate(map_slices(smoothed, z, threads)):
+        if weights is not None:
+            weights[k] = 0
+        if part is not None:
+            box, m = part
+            del part
+            total[box] += m
+            if weights is not None:
+                weights[(k, *box)] = m
+            if fused is not None:  # the slice is read here, one at a time
+                x = stack[(k, *box)]
+                if isinstance(stack, LazySlices):
+                    x *= m[..., np.newaxis]  # a converted copy: no second temporary
+                else:
+                    x = x * m[..., np.newaxis]  # a view of the caller's stack
+                fused[box] += x
+                del x
+            if k:
+                m *= k
+                height[box] += m
+            del m
+        if progress is not None:
+            progress(z + k + 1, 2 * z)
+    del choice
+    height /= total
+    if fused is not None:
+        fused /= total[..., np.newaxis]
+    if weights is not None:
+        weights /= total
+    del total
+    height = height.astype(np.float32, copy=False)
+    confidence = None if trust is None else _gaussian_to(trust, smooth, dtype)
+    del trust
+    if fill and confidence is not None and float(confidence.min()) < 1:
+        _fill_flat(fused, height, weights, confidence, stack, z, view=view, maps=maps)
+    return fused, height, confidence
+
+
+#: pixels per band of rows in the slice-by-slice steps that touch scattered pixels
+BAND_PIXELS = 2**20
+
+
+def _fill_flat(fused: np.ndarray | None, height: np.ndarray, weights: np.ndarray | None,
+               confidence: np.ndarray, stack: Any, z: int, *, view: View | None,
+               maps: "FillMaps | None", spread: float = 1.0) -> None:
+    """:func:`fill_flat_areas` applied in place to a blend, its height and (when given) its
+    weights: where the confidence c is below 1, ``c * blend + (1 - c) * the average of the
+    slices near the filled height`` (Gaussian weights over the slices, ``spread`` slices
+    wide). Band by band of rows, reading those pixels of each slice, so that its memory does
+    not grow with the image."""
+    h, w = confidence.shape
+    scales = _FillScales(confidence, height, z, view=view, maps=maps)
+    rows = max(1, BAND_PIXELS // w)
+    for r0 in range(0, h, rows):
+        ys, xs = np.nonzero(confidence[r0:r0 + rows] < 1)
+        if not ys.size:
+            continue
+        ys += r0
+        filled = scales.at((ys, xs))
+        c = confidence[ys, xs]
+        norm = np.zeros(filled.shape, np.float32)
+        for k in range(z):
+            norm += np.exp(-0.5 * ((np.float32(k) - filled) / spread) ** 2)
+        near = None if fused is None else np.zeros((filled.size, fused.shape[-1]), fused.dtype)
+        near_height = np.zeros(filled.shape, np.float32)
+        for k in range(z):
+            share = np.exp(-0.5 * ((np.float32(k) - filled) / spread) ** 2) / norm
+            if near is not None:
+                near += share.astype(fused.dtype)[:, np.newaxis] * stack[k, ys, xs]
+            if weights is not None:
+                weights[k, ys, xs] = c * weights[k, ys, xs] + (1 - c) * share.astype(c.dtype)
+            near_height += np.float32(k) * share
+        if fused is not None:
+            cf = c.astype(fused.dtype)[:, np.newaxis]
+            fused[ys, xs] = cf * fused[ys, xs] + (1 - cf) * near
+        c = c.astype(np.float32, copy=False)
+        height[ys, xs] = c * height[ys, xs] + (1 - c) * near_height
+
+
+def _gaussian_to(image: np.ndarray, sigma: float, dtype: np.dtype) -> np.ndarray:
+    """The Gaussian (scipy, ``reflect``, cut at 3 sigma) of ``image`` (a mask or a map) as
+    a new array of ``dtype``: the same numbers as filtering ``image.astype(dtype)``."""
+    if sigma <= 0:
+        return image.astype(dtype)
+    return ndi.gaussian_filter(image, sigma, output=dtype, mode="reflect", truncate=TRUNCATE)
+
+
+class _Rescored:
+    """Every slice's score for :func:`nway_fuse`'s ``revise``, computed again when asked for:
+    ``scores[k][ys, xs]`` scores slice k over the box around those pixels only."""
+
+    def __init__(self, focus, gray, reach: int | None):
+        self._focus, self._gray, self._reach = focus, gray, reach
+
+    def __len__(self) -> int:
+        return len(self._gray)
+
+    def __getitem__(self, k: int) -> "_SliceScore":
+        return _SliceScore(self, k)
+
+
+class _SliceScore:
+    def __init__(self, scores: _Rescored, k: int):
+        self._scores, self._k = scores, k
+
+    def __getitem__(self, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        ys, xs = at
+        scores = self._scores
+        if ys.size == 0:
+            return np.empty(0, np.dtype(scores._gray.dtype))
+        h, w = scores._gray.shape[1:]
+        if scores._reach is None:
+            y0, y1, x0, x1 = 0, h, 0, w
+        else:  # the measure reads at most ``reach`` px around each output: the box's
+            r = scores._reach  # outputs are exact where it reaches into the image
+            y0, y1 = max(int(ys.min()) - r, 0), min(int(ys.max()) + r + 1, h)
+            x0, x1 = max(int(xs.min()) - r, 0), min(int(xs.max()) + r + 1, w)
+        return scores._focus(scores._gray[self._k, y0:y1, x0:x1])[ys - y0, xs - x0]
+
+
+class LazySlices:
+    """A (Z, Y, X[, C]) stack whose slices are converted when they are read, so that a
+    slice-by-slice fusion (:func:`nway_fuse`) never holds a converted copy of the whole
+    stack. ``slices[k]`` is slice k, ``slices[k, ...]`` a part of it (any index whose
+    first element is one slice), each ``convert`` of the stored pixels; ``shape`` and
+    ``dtype`` are the converted stack's."""
+
+    def __init__(self, array: np.ndarray, convert: Callable[[np.ndarray], np.ndarray],
+                 shape: tuple[int, ...], dtype: np.dtype):
+        self._array, self._convert = array, convert
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        first = key[0] if isinstance(key, tuple) else key
+        if not isinstance(first, (int, np.integer)):
+            raise TypeError("LazySlices are read one slice at a time")
+        return self._convert(self._array[key])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for k in range(len(self)):
+            yield self[k]
+
+
+def lazy_stack(array: np.ndarray, focus_channel: Any = None
+               ) -> tuple[LazySlices, LazySlices, bool]:
+    """:func:`with_channel_axis` and :func:`focus_gray` of ``array`` as :class:`LazySlices`
+    (the work stack (Z, Y, X, C) and the gray stack (Z, Y, X), converted slice by slice),
+    and whether the input had channels. A bad ``focus_channel`` is refused here."""
+    had_channels = array.ndim == 4
+    dtype = work_dtype(array.dtype)
+    z, h, w = array.shape[:3]
+    channels = array.shape[3] if had_channels else 1
+    focus_gray(np.zeros((1, 1, 1, channels), dtype), focus_channel)  # checks the channel
+
+    if had_channels:
+        def to_work(raw):
+            return raw.astype(dtype)
+
+        def to_gray(raw):
+            return focus_gray(raw.astype(dtype), focus_channel)
+    else:
+        def to_work(raw):
+            return raw.astype(dtype)[..., np.newaxis]
+
+        def to_gray(raw):
+            return raw.astype(dtype)
+    return (LazySlices(array, to_work, (z, h, w, channels), dtype),
+            LazySlices(array, to_gray, (z, h, w), dtype), had_channels)
+
+
 def _grown_box(mask: np.ndarray, reach: int) -> tuple[slice, slice] | None:
     """The bounding box of ``mask``'s true pixels grown by ``reach`` on every side (within
     the array), or None when there are none.
@@ -502,6 +749,26 @@ def _grid_points(n: int, step: int, lo: int, hi: int, origin: int) -> np.ndarray
     return np.arange(first, min(hi, n - 1), step, dtype=np.intp) - origin
 
 
+def _noise_points(h: int, w: int, view: View | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The noise sample grid of a (h, w) window: the whole image's every ``step``-th pixel
+    (about :data:`NOISE_SAMPLES` per slice) that falls in ``view``'s core, in window
+    coordinates; None where the image is too small to sample."""
+    view = view or View.whole(h, w)
+    H, W = view.shape
+    if min(H, W) < 3:
+        return None
+    step = max(1, int(np.sqrt(H * W / NOISE_SAMPLES)))
+    gy0, gy1, gx0, gx1 = view.core_global
+    return (_grid_points(H, step, gy0, gy1, view.origin[0]),
+            _grid_points(W, step, gx0, gx1, view.origin[1]))
+
+
+def _noise_sample(g: np.ndarray, points) -> np.ndarray:
+    if points is None:
+        return np.empty(0, np.float32)
+    return np.abs(_immerkaer_at(g.astype(np.float32, copy=False), *points)).ravel()
+
+
 def noise_samples(gray: np.ndarray, view: View | None = None) -> list[np.ndarray]:
     """|Immerkaer response| of each slice at the noise sample points in ``view``'s core.
 
@@ -509,17 +776,13 @@ def noise_samples(gray: np.ndarray, view: View | None = None) -> list[np.ndarray
     about :data:`NOISE_SAMPLES` per slice), so the samples of the windows of a tiled run are
     exactly those of the whole image. :func:`noise_sigma_from` turns them into sigma.
     """
-    z, h, w = gray.shape
-    view = view or View.whole(h, w)
-    H, W = view.shape
-    if min(H, W) < 3:
-        return [np.empty(0, np.float32) for _ in range(z)]
-    step = max(1, int(np.sqrt(H * W / NOISE_SAMPLES)))
-    gy0, gy1, gx0, gx1 = view.core_global
-    ys = _grid_points(H, step, gy0, gy1, view.origin[0])
-    xs = _grid_points(W, step, gx0, gx1, view.origin[1])
-    return [np.abs(_immerkaer_at(g.astype(np.float32, copy=False), ys, xs)).ravel()
-            for g in gray]
+    points = _noise_points(*gray.shape[1:], view)
+    return [_noise_sample(g, points) for g in gray]
+
+
+def _sigma_of(sample: np.ndarray) -> float:
+    """The noise sigma of one slice's samples (the median response, scaled)."""
+    return float(np.median(sample)) / (0.6745 * 6.0)
 
 
 def noise_sigma_from(parts: Sequence[Sequence[np.ndarray]]) -> float:
@@ -532,7 +795,7 @@ def noise_sigma_from(parts: Sequence[Sequence[np.ndarray]]) -> float:
         sample = np.concatenate([part[k] for part in parts])
         if sample.size == 0:
             return 0.0
-        estimates.append(float(np.median(sample)) / (0.6745 * 6.0))
+        estimates.append(_sigma_of(sample))
     return min(estimates)
 
 
@@ -542,9 +805,14 @@ def noise_sigma(gray: np.ndarray) -> float:
     Immerkaer's operator (the difference of two Laplacians, blind to planes and smooth
     ramps) with the median absolute response, so that image structure does not count as
     noise; the smallest estimate over the slices (the most defocused slice has the least
-    structure left) is returned.
+    structure left) is returned. The slices are read one at a time (``gray`` may be
+    :class:`LazySlices`): :func:`noise_sigma_from` of :func:`noise_samples`, without
+    holding every slice's samples.
     """
-    return noise_sigma_from([noise_samples(gray)])
+    points = _noise_points(*gray.shape[1:], None)
+    if points is None:
+        return 0.0
+    return min(_sigma_of(_noise_sample(g, points)) for g in gray)
 
 
 #: the widths (px) over which flat areas look for textured neighbours, nearest first, and the
@@ -684,6 +952,68 @@ def fill_maps(parts: Sequence[FillSums], shape: tuple[int, int], z: int) -> Fill
     return FillMaps((H, W), grids, middle)
 
 
+def fill_heights(confidence: np.ndarray, height: np.ndarray, z: int, *,
+                 view: View | None = None, maps: FillMaps | None = None
+                 ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Where :func:`fill_flat_areas` changes the weights (the pixels whose ``confidence``
+    is below 1, as ``np.nonzero`` gives them) and the height each takes from the confident
+    pixels around (float32). ``height`` is the choose-max height (Y, X) of a stack of ``z``
+    slices."""
+    scales = _FillScales(confidence, height, z, view=view, maps=maps)
+    at = np.nonzero(confidence < 1)
+    return at, scales.at(at)
+
+
+class _FillScales:
+    """The first steps of :func:`fill_flat_areas`: the block grids that fill heights are
+    interpolated from (the nearest scale from this window's ``confidence`` and ``height``,
+    the wider ones from ``maps``, the whole image's), read at any pixels by :meth:`at`."""
+
+    def __init__(self, confidence: np.ndarray, height: np.ndarray, z: int, *,
+                 view: View | None = None, maps: FillMaps | None = None):
+        h, w = confidence.shape
+        view = view or View.whole(h, w)
+        if maps is None:
+            if not view.is_whole:
+                raise ValueError("fill_flat_areas on a window needs the whole image's FillMaps")
+            maps = fill_maps([fill_sums(confidence, height, view)], view.shape, z)
+        self.shape = view.shape
+        oy, ox = view.origin
+        self.box = (oy, oy + h, ox, ox + w)
+        # the nearest scale, on the window's own block grid (windows start on the grid)
+        block = FILL_BLOCKS[0]
+        if oy % block or ox % block:
+            raise ValueError(f"window at {(oy, ox)} is not on the {block}-pixel grid")
+        first = (oy // block, ox // block)
+        cy = _block_counts(self.shape[0], block, first[0], -(-h // block))
+        cx = _block_counts(self.shape[1], block, first[1], -(-w // block))
+        c32 = confidence.astype(np.float32)
+        near = [_grid_blur(_block_sums(c32, block), cy, cx, FILL_SIGMAS[0] / block)]
+        c32 *= height
+        near.append(_grid_blur(_block_sums(c32, block), cy, cx, FILL_SIGMAS[0] / block))
+        del c32
+        self.scales = [(near, block, first)] + [(grids, factor, (0, 0))
+                                                for factor, *grids in maps.grids]
+        self.middle = maps.middle
+
+    def at(self, points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The fill height (float32) at the window's pixels ``points = (ys, xs)``: from the
+        nearest scale whose support reaches them, else the stack's mean height."""
+        filled = np.full(points[0].size, np.nan, dtype=np.float32)
+        H, W = self.shape
+        for grids, factor, first in self.scales:
+            todo = np.flatnonzero(np.isnan(filled))
+            if not todo.size:
+                break
+            nb = (-(-H // factor), -(-W // factor))
+            support, value = (_upsample(g, factor, first, nb, self.box,
+                                        (points[0][todo], points[1][todo])) for g in grids)
+            reach = support > 0.02
+            filled[todo[reach]] = value[reach] / support[reach]
+        filled[np.isnan(filled)] = self.middle
+        return filled
+
+
 def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float = 1.0, *,
                     view: View | None = None, maps: FillMaps | None = None,
                     in_place: bool = False) -> np.ndarray:
@@ -703,44 +1033,8 @@ def fill_flat_areas(weights: np.ndarray, confidence: np.ndarray, spread: float =
     """
     if float(confidence.min()) >= 1:  # every pixel textured: nothing to fill (and where
         return weights               # confidence is 1 the blend below returns weights exactly)
-    z, h, w = weights.shape
-    height = index_from_weights(weights)
-    view = view or View.whole(h, w)
-    if maps is None:
-        if not view.is_whole:
-            raise ValueError("fill_flat_areas on a window needs the whole image's FillMaps")
-        maps = fill_maps([fill_sums(confidence, height, view)], view.shape, z)
-    H, W = view.shape
-    oy, ox = view.origin
-    box = (oy, oy + h, ox, ox + w)
-    c32 = confidence.astype(np.float32)
-    # only the pixels whose confidence is below 1 change (elsewhere c * w + 0 * flat is w
-    # exactly): the fill heights are interpolated at those pixels alone
-    at = np.nonzero(confidence < 1)
-    filled = np.full(at[0].size, np.nan, dtype=np.float32)
-
-    def take(grids, factor: int, first: tuple[int, int]) -> None:
-        """Fill the points still unfilled that the (support, value) ``grids`` reach."""
-        todo = np.flatnonzero(np.isnan(filled))
-        if todo.size:
-            points = (at[0][todo], at[1][todo])
-            nb = (-(-H // factor), -(-W // factor))
-            support, value = (_upsample(g, factor, first, nb, box, points) for g in grids)
-            reach = support > 0.02
-            filled[todo[reach]] = value[reach] / support[reach]
-
-    # the nearest scale, on the window's own block grid (windows start on the grid)
-    block = FILL_BLOCKS[0]
-    if oy % block or ox % block:
-        raise ValueError(f"window at {(oy, ox)} is not on the {block}-pixel grid")
-    first = (oy // block, ox // block)
-    cy = _block_counts(H, block, first[0], -(-h // block))
-    cx = _block_counts(W, block, first[1], -(-w // block))
-    take([_grid_blur(_block_sums(a, block), cy, cx, FILL_SIGMAS[0] / block)
-          for a in (c32, c32 * height)], block, first)
-    for factor, *grids in maps.grids:
-        take(grids, factor, (0, 0))
-    filled[np.isnan(filled)] = maps.middle
+    z = weights.shape[0]
+    at, filled = fill_heights(confidence, index_from_weights(weights), z, view=view, maps=maps)
     ks = np.arange(z, dtype=np.float32)[:, None]
     flat = np.exp(-0.5 * ((ks - filled[None]) / spread) ** 2)
     flat /= flat.sum(axis=0, keepdims=True)

@@ -30,7 +30,7 @@ from ..registry import Method, register_method
 from ..tiles import Tiling
 from ..stack import (FILL_REACH, blend, fill_flat_areas, fill_maps, fill_sums, fuse_series,
                      index_from_weights, noise_samples, noise_sigma, noise_sigma_from,
-                     nway_choice, slice_threads)
+                     nway_choice, nway_fuse, slice_threads)
 from . import consistency as _consistency
 from ._ops import NUMPY, TorchOps, radius as _radius
 
@@ -66,7 +66,12 @@ def tenengrad(gray, *, presmooth: float, window: float, ops=NUMPY):
     g = ops.gaussian(gray, presmooth)
     gx = ops.correlate1d(ops.correlate1d(g, _SOBEL_DERIVATIVE, 1), _SOBEL_SMOOTHING, 0)
     gy = ops.correlate1d(ops.correlate1d(g, _SOBEL_DERIVATIVE, 0), _SOBEL_SMOOTHING, 1)
-    return ops.gaussian(gx * gx + gy * gy, window)
+    del g
+    gx *= gx  # in place (fresh arrays): gx * gx + gy * gy without two more maps
+    gy *= gy
+    gx += gy
+    del gy
+    return ops.gaussian(gx, window)
 
 
 def local_variance(gray, *, presmooth: float, window: float, ops=NUMPY):
@@ -124,12 +129,14 @@ def _reduce_stats(measure, parts, *, mode, presmooth, window, noise_floor, **par
     return noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
 
 
-def _coarse(measure, stack, gray, view, floor, *, mode, noise_floor, **params):
-    """Tiled pass 2: this window's share of the wide flat-area fill scales."""
+def _coarse(measure, stack, gray, view, floor, *, mode, noise_floor, measure_reach, **params):
+    """Tiled pass 2: this window's share of the wide flat-area fill scales (from the
+    choose-max height and confidence of the run's own slice-by-slice fusion)."""
     if not _floored(mode, noise_floor) or not floor:
         return None  # no floor (or a noiseless stack, whose floor is 0): nothing to fill
-    weights, confidence = _choose(measure, NUMPY, gray, None, floor=floor, **params)
-    return fill_sums(confidence, index_from_weights(weights), view)
+    _, height, confidence = _streamed(measure, measure_reach, gray, floor=floor, fill=False,
+                                      noise_floor=noise_floor, **params)
+    return fill_sums(confidence, height, view)
 
 
 def _reduce_coarse(measure, parts, shape, z, *, mode, noise_floor, **params):
@@ -138,14 +145,47 @@ def _reduce_coarse(measure, parts, shape, z, *, mode, noise_floor, **params):
     return fill_maps(parts, shape, z)
 
 
-def _run(measure, stack, gray, *, mode, device, progress, keep_weights, context=None,
-         **params):
+def _run(measure, stack, gray, *, measure_reach, mode, device, progress, keep_weights,
+         context=None, **params):
     if params.get("agreement", 0) > 1:
         raise MfifError(f"parameter 'agreement' is a share of the votes, from 0 to 1; got "
                         f"{params['agreement']:g}")
+    if mode == "nway" and device == "cpu":
+        weights = np.empty(gray.shape, gray.dtype) if keep_weights else None
+        fused, height, _ = _streamed(measure, measure_reach, gray, stack=stack,
+                                     weights=weights, progress=progress, context=context,
+                                     **params)
+        return fused, height, weights
     ops = TorchOps(device) if device != "cpu" else NUMPY
     return _fuse(measure, ops, stack, gray, mode=mode, progress=progress,
                  keep_weights=keep_weights, context=context, **params)
+
+
+def _streamed(measure, measure_reach, gray, *, presmooth, window, smooth, noise_floor,
+              consistency, agreement, floor=None, context=None, **options):
+    """N-way on the CPU, slice by slice (:func:`napari_mfif.stack.nway_fuse`, ``options``
+    passed on) with the measure, the decision smoothing, the noise floor and the
+    consistency check of these parameters: the memory beyond the stack is a few
+    image-sized maps, whatever the number of slices. ``floor`` (a tiled run's) or
+    ``context`` replaces the floor measured on ``gray``."""
+    view = maps = None
+    if context is not None:
+        floor, view, maps = context.stats or 0.0, context.view, context.coarse
+    elif floor is None:
+        floor = 0.0
+        if noise_floor > 0:
+            sigma = noise_sigma(gray)
+            floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth,
+                                              window=window)
+    revise = None
+    if consistency > 0:
+        def revise(choice, scores, trust):
+            return _consistency.check(choice, scores, trust, consistency=consistency,
+                                      agreement=agreement)
+    reach = measure_reach({"presmooth": presmooth, "window": window})
+    return nway_fuse(partial(measure, presmooth=presmooth, window=window), gray, smooth,
+                     floor=floor, revise=revise, threads=slice_threads(), focus_reach=reach,
+                     view=view, maps=maps, **options)
 
 
 def _choose(measure, ops, gray, progress, *, floor, presmooth, window, smooth, consistency,
@@ -179,12 +219,17 @@ def _score(measure, ops, gray, *, presmooth, window):
                              ops=ops)).astype(gray.dtype)
 
 
-def nway_weights(measure, gray, *, device="cpu", context=None, **params) -> np.ndarray:
-    """The N-way weights (Z, Y, X) a choose-max method registered with ``measure`` blends
-    ``gray``'s slices with (noise floor and flat-area fill included; ``context`` as its
-    ``run`` gets it in a tiled run), without the blend: for a method that combines them with
-    its own (``focusnet``'s fine detail)."""
-    ops = TorchOps(device) if device != "cpu" else NUMPY
+def nway_weights(measure, gray, *, device="cpu", context=None, measure_reach=_measure_reach,
+                 **params) -> np.ndarray:
+    """The N-way weights (Z, Y, X) a choose-max method registered with ``measure`` (and
+    ``measure_reach``) blends ``gray``'s slices with (noise floor and flat-area fill
+    included; ``context`` as its ``run`` gets it in a tiled run), without the blend: for a
+    method that combines them with its own (``focusnet``'s fine detail)."""
+    if device == "cpu":
+        weights = np.empty(gray.shape, gray.dtype)
+        _streamed(measure, measure_reach, gray, weights=weights, context=context, **params)
+        return weights
+    ops = TorchOps(device)
     return _nway_weights(measure, ops, gray, None, context, **params)
 
 
@@ -292,18 +337,19 @@ def register_measure(name: str, measure, summary: str, *, defaults: dict | None 
         Method(
             name=name,
             summary=summary,
-            run=partial(_run, measure),
+            run=partial(_run, measure, measure_reach=measure_reach),
             pair_maps=partial(_pair_maps, measure),
             params={**_DEFAULTS, **(defaults or {})},
             param_help={**_HELP, **(help or {})},
             devices=("cpu", "cuda"),
             auto_cuda=False,
+            slice_by_slice=True,
             tiling=Tiling(
                 reach=partial(_reach, measure_reach),
                 align=16,
                 stats=partial(_stats, measure),
                 reduce_stats=partial(_reduce_stats, measure),
-                coarse=partial(_coarse, measure),
+                coarse=partial(_coarse, measure, measure_reach=measure_reach),
                 reduce_coarse=partial(_reduce_coarse, measure),
             ),
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..stack import _block_sums
+from ..stack import BAND_PIXELS
 from ._ops import radius
 
 #: the vote grid's block size (px)
@@ -54,7 +54,9 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     choice : (Y, X) integer array
         Each pixel's chosen slice (the highest score).
     scores : sequence of (Y, X) arrays
-        Every slice's focus score (used to pick among the slices near the median).
+        Every slice's focus score (used to pick among the slices near the median);
+        ``scores[k][ys, xs]`` is read only for the pixels where slice k is a candidate,
+        so it may be a sequence that computes the scores when asked.
     confidence : (Y, X) array or None
         The noise-floor trust in [0, 1] (None: every pixel votes with weight 1).
     consistency : float
@@ -70,18 +72,32 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     if consistency <= 0 or z < 3:  # with two slices every choice is within one slice
         return choice
     h, w = choice.shape
-    weight = (np.ones((h, w), np.float32) if confidence is None
-              else confidence.astype(np.float32, copy=False))
     sigma = consistency / BLOCK
     hb, wb = -(-h // BLOCK), -(-w // BLOCK)
-    by = (np.arange(h) // BLOCK)[:, None]
-    bx = (np.arange(w) // BLOCK)[None, :]
-    # every pixel's (slice, block) cell; every slice's vote sums per block in one pass
-    # (exact in float64 whatever the order: 16 float32 values), as means over the blocks'
-    # full area (partial blocks at the edges: over their pixels)
     index = np.int32 if z * hb * wb < 2**31 else np.intp
-    cell = choice.astype(index) * index(hb * wb) + (by * wb + bx).astype(index)
-    sums = np.bincount(cell.ravel(), weights=weight.ravel(), minlength=z * hb * wb)
+    # the image is read in bands of whole block rows, so that the per-pixel temporaries
+    # stay small however large the image; every block lies in one band
+    rows = max(1, BAND_PIXELS // (w * BLOCK)) * BLOCK
+    bx = (np.arange(w) // BLOCK).astype(index)[None, :]
+
+    def cells(r0: int) -> np.ndarray:
+        """Every pixel's (slice, block) cell in the band of rows from ``r0``."""
+        part = choice[r0:r0 + rows]
+        by = (np.arange(r0, r0 + part.shape[0]) // BLOCK).astype(index)[:, None]
+        cell = part.astype(index)
+        cell *= index(hb * wb)
+        cell += by * index(wb)
+        cell += bx
+        return cell
+
+    # every slice's vote sums per block (exact in float64 whatever the order: 16 float32
+    # values), as means over the blocks' full area (partial blocks at the edges: over
+    # their pixels)
+    sums = np.zeros(z * hb * wb, np.float64)
+    for r0 in range(0, h, rows):
+        weight = (np.ones((min(rows, h - r0), w), np.float32) if confidence is None
+                  else confidence[r0:r0 + rows].astype(np.float32, copy=False))
+        sums += np.bincount(cells(r0).ravel(), weights=weight.ravel(), minlength=z * hb * wb)
     sums = sums.reshape(z, hb, wb) / (BLOCK * BLOCK)
     # cumulative votes C[k] = sum_{j < k} V_j on the block grid, C[0] = 0
     cum = np.zeros((z + 1, hb, wb), np.float32)
@@ -95,25 +111,28 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     lo = np.maximum(ks - TOLERANCE, 0)
     total = cum[z]
     near = cum[hi] - cum[lo]
-    bad = ((near < agreement * total[None]) & (total[None] > 1e-3)).ravel()[cell]
-    del cell
-    if not bad.any():
+    bad_cell = ((near < agreement * total[None]) & (total[None] > 1e-3)).ravel()
+    if not bad_cell.any():
         return choice
-    # the weighted median height per block: the first k with C[k + 1] >= half the total;
-    # among the slices within one of it, the best-scoring one, for the bad pixels only
+    # the weighted median height per block: the first k with C[k + 1] >= half the total
     median_grid = np.minimum((cum[1:] < 0.5 * cum[z][None]).sum(axis=0), z - 1)
-    ys, xs = np.nonzero(bad)
-    median = median_grid[ys // BLOCK, xs // BLOCK]
-    best = np.full(ys.size, -np.inf, np.float32)
-    alternative = median.copy()
-    for k in range(z):
-        ok = np.abs(median - k) <= TOLERANCE
-        if not ok.any():
-            continue
-        score = np.asarray(scores[k])[ys, xs]
-        better = ok & (score > best)
-        best[better] = score[better]
-        alternative[better] = k
     out = choice.copy()
-    out[ys, xs] = alternative
+    for r0 in range(0, h, rows):
+        ys, xs = np.nonzero(bad_cell[cells(r0)])
+        if not ys.size:
+            continue
+        ys += r0
+        # among the slices within one of the median, the best-scoring one
+        median = median_grid[ys // BLOCK, xs // BLOCK]
+        best = np.full(ys.size, -np.inf, np.float32)
+        alternative = median.copy()
+        for k in range(z):
+            ok = np.flatnonzero(np.abs(median - k) <= TOLERANCE)
+            if not ok.size:
+                continue
+            score = scores[k][ys[ok], xs[ok]]  # only where slice k is a candidate
+            better = score > best[ok]
+            best[ok[better]] = score[better]
+            alternative[ok[better]] = k
+        out[ys, xs] = alternative
     return out

@@ -46,8 +46,12 @@ def fine_band_energy(gray, *, presmooth: float, window: float, ops=NUMPY):
     ``gray`` (Y, X) float (numpy, or a torch tensor with ``ops`` a
     :class:`~napari_mfif.focus._ops.TorchOps`); returns a (Y, X) map of the same dtype.
     """
-    band = ops.gaussian(gray, presmooth) - ops.gaussian(gray, _outer(presmooth))
-    return ops.gaussian(band * band, window)
+    band = ops.gaussian(gray, presmooth)
+    if band is gray:  # presmooth 0: the slice itself, which must not be changed
+        band = band * 1
+    band -= ops.gaussian(gray, _outer(presmooth))  # in place: one slice-sized map fewer
+    band *= band
+    return ops.gaussian(band, window)
 
 
 def _reach(params: dict) -> int:

@@ -35,7 +35,8 @@ def sum_modified_laplacian(gray, *, presmooth: float, window: float, ops=NUMPY):
     ml = abs(ops.correlate1d(g, _SECOND_DIFFERENCE, 0))
     ml += abs(ops.correlate1d(g, _SECOND_DIFFERENCE, 1))
     summed = ops.gaussian(ml, window)
-    return summed * summed
+    summed *= summed  # a fresh map (or ml itself): squared in place
+    return summed
 
 
 register_measure("sml", sum_modified_laplacian,

@@ -128,13 +128,14 @@ def detail_pick(gray, device, context=None) -> np.ndarray:
     blending the slices by them."""
     from .._view import Context
     from ..focus.classic import nway_weights
-    from ..focus.dog import fine_band_energy
+    from ..focus.dog import _reach, fine_band_energy
 
     _, dog = _dog()
     ctx = None
     if context is not None:
         ctx = Context(context.view, context.stats.get("dog"), context.coarse)
-    return nway_weights(fine_band_energy, gray, device=str(device), context=ctx, **dog)
+    return nway_weights(fine_band_energy, gray, device=str(device), context=ctx,
+                        measure_reach=_reach, **dog)
 
 
 def scores(net, g: np.ndarray, device, progress=None, neighbourhood=0.0,
