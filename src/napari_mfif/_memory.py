@@ -15,37 +15,39 @@ The estimate (:func:`fusion_bytes`) is the peak resident memory ``fuse`` adds on
 stack itself once the stack is in memory, for a stack of Z slices of Y x X pixels with C
 channels (C = 1 for grey), on the CPU::
 
-    bytes = s * (a * Z*Y*X*C + b * Z*Y*X + c * Y*X*C + (d + t * T) * Y*X) + n * Y*X + overhead
+    bytes = s * (a * Z*Y*X*C + b * Z*Y*X + c * Y*X*C + d * Y*X) + n * Y*X + overhead
 
 with ``s = 1`` when the work is done in float32 (uint8, uint16, int16, float32 input) and
-``s = 2`` in float64 (float64 and 32-bit integer input), and T the threads the per-slice
-steps use (:func:`napari_mfif.stack.slice_threads`, 1 to 4). The factors were measured by
+``s = 2`` in float64 (float64 and 32-bit integer input). The factors were measured by
 running ``fuse`` in a fresh process on stacks from 2 x 256 x 256 to 24 x 4096 x 4096 (grey
 and RGB; uint8, uint16, float32), reading the peak resident set (``VmHWM``, reset just
 before the call, after a first small call had done the imports) and fitting the line that
 lies at or above the large runs:
 
-=======================  ====  ====  ====  ====  ====  ==========================  ========
-method, mode              a     b     c     d     t    n (network, per Y*X)        overhead
-=======================  ====  ====  ====  ====  ====  ==========================  ========
-slice by slice, nway      0     0     6    24    12    -                           64 MiB
-classic, nway             6    20     2    56     0    -                           8 MiB
-classic, series           6     0     7    26     0    -                           8 MiB
-cnn, nway                 6    46     0     0     0    240 compact, 1250 liu2017   352 MiB
-cnn, series               6     6     0     0     0    400 compact, 1850 liu2017   352 MiB
-cnn_wavelet, nway         6    46     0     0     0    as cnn                      352 MiB
-cnn_wavelet, series       6     6    18    36     0    as cnn                      352 MiB
-=======================  ====  ====  ====  ====  ====  ==========================  ========
+=======================  ====  ====  ====  ====  ==========================  ==================
+method, mode              a     b     c     d    n (network, per Y*X)        overhead
+=======================  ====  ====  ====  ====  ==========================  ==================
+slice by slice, nway      0     1    18    10    -                           24 + 16 T MiB
+classic, nway             6    20     2    56    -                           8 MiB
+classic, series           6     0     7    26    -                           8 MiB
+cnn, nway                 6    46     0     0    240 compact, 1250 liu2017   352 MiB
+cnn, series               6     6     0     0    400 compact, 1850 liu2017   352 MiB
+cnn_wavelet, nway         6    46     0     0    as cnn                      352 MiB
+cnn_wavelet, series       6     6    18    36    as cnn                      352 MiB
+=======================  ====  ====  ====  ====  ==========================  ==================
 
 "slice by slice" is every method that fuses N-way one slice at a time (the choose-max
 methods: ``dog``, ``tenengrad``, ``variance``, ``sml``; :attr:`Method.slice_by_slice
 <napari_mfif.registry.Method.slice_by_slice>`): no float copy of the stack and no per-slice
-maps kept, so nothing grows with the number of slices; ``d`` holds the running best, the
-choice, the running sums and the confidence, ``t`` one thread's slice temporaries, ``c``
-the blend and the slice being added. Measured on 8 and 24 x 1024^2 to 4096^2 (grey uint16,
-RGB uint8; one and two threads; ``dog``, ``tenengrad``, ``variance``, ``sml``, with and
-without the noise floor), the peaks were 0.6 to 0.9 times the estimate (the measures'
-temporaries differ: ``dog``'s are the fewest). "classic" is the
+maps kept, so only the consistency check's vote grid (a sixteenth of the pixels, ``b``)
+grows with the number of slices, and the slices are worked on in
+bands of rows (:data:`napari_mfif.stack.BAND_PIXELS`), so that the temporaries do not grow
+with the image either: ``c`` and ``d`` hold the running best, the choice, the running sums,
+the confidence and the conversion back to the input's dtype; T is the threads the
+per-slice steps use (:func:`napari_mfif.stack.slice_threads`, 1 to 4), each with one
+band's temporaries. Measured on 8 to 24 slices of 1024^2 to 8192^2 (grey uint16, RGB
+uint8; ``dog``, ``tenengrad``, ``sml``, with and without the noise floor and
+``return_weights``; two threads), the peaks were 0.6 (1024^2) to 0.92 times the estimate. "classic" is the
 same methods in series mode, and the other methods (pyramid, wavelet, focusnet, and methods
 registered from outside the package, whose needs are unknown). Of ``a``, 4 bytes per value
 are the float32 copy of the stack; ``b`` holds
@@ -87,7 +89,7 @@ _GIB = 2**30
 
 #: (method kind, mode) -> bytes per (stack value, voxel, image value, image pixel), float32 work
 _FACTORS = {
-    ("streamed", "nway"): (0, 0, 6, 24),
+    ("streamed", "nway"): (0, 1, 18, 10),
     ("classic", "nway"): (6, 20, 2, 56),
     ("classic", "series"): (6, 0, 7, 26),
     ("cnn", "nway"): (6, 46, 0, 0),
@@ -105,9 +107,9 @@ _NETWORK = {
     "wavelet": {"nway": 240, "series": 400},
     "compact_mixed": {"nway": 240, "series": 400},
 }
-_OVERHEAD = {"streamed": 64 * _MIB, "classic": 8 * _MIB, "cnn": 352 * _MIB}
-#: bytes per pixel of one thread's slice temporaries, slice by slice
-_THREAD = 12
+_OVERHEAD = {"streamed": 24 * _MIB, "classic": 8 * _MIB, "cnn": 352 * _MIB}
+#: bytes of one thread's temporaries (a band of one slice), slice by slice
+_THREAD = 16 * _MIB
 #: extra bytes per voxel for ``return_weights=True``, by kind and mode
 _WEIGHTS = {("classic", "series"): 6, ("streamed", "nway"): 5}
 
@@ -324,8 +326,6 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
     kind = _kind(method, mode)
     key = (method if method in _CNN_METHODS else kind, mode)
     a, b, c_image, d = _FACTORS[key]
-    if kind == "streamed":
-        d += _THREAD * slice_threads()
     scale = work_dtype(np.dtype(dtype)).itemsize // 4
     voxels, pixels = z * y * x, y * x
     total = scale * (a * voxels * c + b * voxels + c_image * pixels * c + d * pixels)
@@ -333,6 +333,8 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
         total += _NETWORK[_network(params)][mode] * pixels
     if return_weights:
         total += scale * _WEIGHTS.get((kind, mode), 0) * voxels
+    if kind == "streamed":
+        total += _THREAD * slice_threads()
     return total + _OVERHEAD[kind]
 
 

@@ -428,6 +428,22 @@ def nway_choice(
     return weights, confidence
 
 
+#: pixels per band of rows in the slice-by-slice steps (the temporaries of one slice's band
+#: are what the threads hold, not whole slices)
+BAND_PIXELS = 2**20
+
+
+def _bands(h: int, w: int, margin: int | None) -> list[tuple[int, int]]:
+    """Bands of rows ``(r0, r1)`` covering an image of ``h`` x ``w``: about
+    :data:`BAND_PIXELS` each, and at least 8 times ``margin`` rows (the context each band
+    is computed with, so that it costs at most a quarter more); one band when ``margin`` is
+    None (unknown) or the image is small."""
+    if margin is None:
+        return [(0, h)]
+    rows = max(BAND_PIXELS // max(w, 1), 8 * margin, 1)
+    return [(r0, min(r0 + rows, h)) for r0 in range(0, h, rows)]
+
+
 def nway_fuse(
     focus: Callable[[np.ndarray], np.ndarray],
     gray: Any,
@@ -473,53 +489,85 @@ def nway_fuse(
     z = len(gray)
     h, w = gray.shape[1:]
     dtype = np.dtype(gray.dtype)
+    reach = radius(smooth)
+    bands = _bands(h, w, None if focus_reach is None else max(focus_reach, reach))
+    steps = 2 * z * len(bands)
     best = np.full((h, w), -np.inf, dtype=dtype)
     choice = np.zeros((h, w), dtype=np.uint8 if z <= 256 else np.intp)
-    for k, score in enumerate(map_slices(lambda k: focus(gray[k]), z, threads)):
-        better = score > best
-        np.copyto(best, score, where=better)
-        np.copyto(choice, k, where=better, casting="unsafe")
-        del score, better
-        if progress is not None:
-            progress(k + 1, 2 * z)
-    trust = np.clip(best / floor - 1, 0, 1).astype(dtype) if floor > 0 else None
+    for b, (r0, r1) in enumerate(bands):
+        # each slice scored over the band and the measure's reach around it: exactly the
+        # whole slice's scores in the band (one band without a known reach)
+        a0, a1 = (0, h) if focus_reach is None else (max(r0 - focus_reach, 0),
+                                                     min(r1 + focus_reach, h))
+
+        def score(k: int, a0=a0, a1=a1, r0=r0, r1=r1) -> np.ndarray:
+            return focus(gray[k, a0:a1])[r0 - a0:r1 - a0]
+
+        band_best, band_choice = best[r0:r1], choice[r0:r1]
+        for k, part in enumerate(map_slices(score, z, threads)):
+            better = part > band_best
+            np.copyto(band_best, part, where=better)
+            np.copyto(band_choice, k, where=better, casting="unsafe")
+            del part, better
+            if progress is not None:
+                progress(b * z + k + 1, steps)
+    trust = None
+    if floor > 0:  # in place of the best scores, which are not needed any more
+        trust, best = best, None
+        trust /= dtype.type(floor)
+        trust -= 1
+        np.clip(trust, 0, 1, out=trust)
     del best
     if revise is not None:
         choice = revise(choice, _Rescored(focus, gray, focus_reach), trust)
 
-    def smoothed(k: int):
-        chosen = choice == k
-        box = _grown_box(chosen, radius(smooth))
-        if box is None:
-            return None
-        return box, _gaussian_to(chosen[box], smooth, dtype)  # no float copy of the mask
-
     total = np.zeros((h, w), dtype)
     height = np.zeros((h, w), dtype)
     fused = None if stack is None else np.zeros((h, w, stack.shape[-1]), dtype)
-    for k, part in enumerate(map_slices(smoothed, z, threads)):
+    done = z * len(bands)
+    for r0, r1 in bands:
+        # each slice's decision map smoothed over the band and the smoothing's reach around
+        # it, and there only over the box around the pixels that chose the slice: exactly
+        # the whole map's values in the band (the box's margins are zeros, or the image's
+        # edges, as far as the kernel sees)
+        a0, a1 = max(r0 - reach, 0), min(r1 + reach, h)
+
+        def smoothed(k: int, a0=a0, a1=a1, r0=r0, r1=r1):
+            chosen = choice[a0:a1] == k
+            box = _grown_box(chosen, reach)
+            if box is None:
+                return None
+            m = _gaussian_to(chosen[box], smooth, dtype)  # no float copy of the mask
+            ys, xs = box
+            lo, hi = max(ys.start + a0, r0), min(ys.stop + a0, r1)
+            if lo >= hi:
+                return None
+            return (slice(lo, hi), xs), m[lo - ys.start - a0:hi - ys.start - a0]
+
         if weights is not None:
-            weights[k] = 0
-        if part is not None:
-            box, m = part
-            del part
-            total[box] += m
-            if weights is not None:
-                weights[(k, *box)] = m
-            if fused is not None:  # the slice is read here, one at a time
-                x = stack[(k, *box)]
-                if isinstance(stack, LazySlices):
-                    x *= m[..., np.newaxis]  # a converted copy: no second temporary
-                else:
-                    x = x * m[..., np.newaxis]  # a view of the caller's stack
-                fused[box] += x
-                del x
-            if k:
-                m *= k
-                height[box] += m
-            del m
-        if progress is not None:
-            progress(z + k + 1, 2 * z)
+            weights[:, r0:r1] = 0
+        for k, part in enumerate(map_slices(smoothed, z, threads)):
+            if part is not None:
+                box, m = part
+                del part
+                total[box] += m
+                if weights is not None:
+                    weights[(k, *box)] = m
+                if fused is not None:  # the slice is read here, one band at a time
+                    x = stack[(k, *box)]
+                    if isinstance(stack, LazySlices):
+                        x *= m[..., np.newaxis]  # a converted copy: no second temporary
+                    else:
+                        x = x * m[..., np.newaxis]  # a view of the caller's stack
+                    fused[box] += x
+                    del x
+                if k:
+                    m *= k
+                    height[box] += m
+                del m
+            done += 1
+            if progress is not None:
+                progress(done, steps)
     del choice
     height /= total
     if fused is not None:
@@ -535,8 +583,6 @@ def nway_fuse(
     return fused, height, confidence
 
 
-#: pixels per band of rows in the slice-by-slice steps that touch scattered pixels
-BAND_PIXELS = 2**20
 
 
 def _fill_flat(fused: np.ndarray | None, height: np.ndarray, weights: np.ndarray | None,
@@ -549,7 +595,7 @@ def _fill_flat(fused: np.ndarray | None, height: np.ndarray, weights: np.ndarray
     not grow with the image."""
     h, w = confidence.shape
     scales = _FillScales(confidence, height, z, view=view, maps=maps)
-    rows = max(1, BAND_PIXELS // w)
+    rows = max(1, BAND_PIXELS // 4 // w)  # ~70 bytes per pixel touched: smaller bands
     for r0 in range(0, h, rows):
         ys, xs = np.nonzero(confidence[r0:r0 + rows] < 1)
         if not ys.size:

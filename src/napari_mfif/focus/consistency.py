@@ -77,7 +77,7 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     index = np.int32 if z * hb * wb < 2**31 else np.intp
     # the image is read in bands of whole block rows, so that the per-pixel temporaries
     # stay small however large the image; every block lies in one band
-    rows = max(1, BAND_PIXELS // (w * BLOCK)) * BLOCK
+    rows = max(1, BAND_PIXELS // 2 // (w * BLOCK)) * BLOCK
     bx = (np.arange(w) // BLOCK).astype(index)[None, :]
 
     def cells(r0: int) -> np.ndarray:
@@ -92,30 +92,47 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
 
     # every slice's vote sums per block (exact in float64 whatever the order: 16 float32
     # values), as means over the blocks' full area (partial blocks at the edges: over
-    # their pixels)
-    sums = np.zeros(z * hb * wb, np.float64)
+    # their pixels); each band's blocks are counted on their own, in the same order
+    sums = np.zeros((z, hb, wb), np.float64)
     for r0 in range(0, h, rows):
-        weight = (np.ones((min(rows, h - r0), w), np.float32) if confidence is None
+        part = choice[r0:r0 + rows]
+        n = part.shape[0]
+        b0, nb = r0 // BLOCK, -(-n // BLOCK)
+        cell = part.astype(index)
+        cell *= index(nb * wb)
+        cell += (np.arange(n) // BLOCK).astype(index)[:, None] * index(wb)
+        cell += bx
+        weight = (np.ones(part.shape, np.float32) if confidence is None
                   else confidence[r0:r0 + rows].astype(np.float32, copy=False))
-        sums += np.bincount(cells(r0).ravel(), weights=weight.ravel(), minlength=z * hb * wb)
-    sums = sums.reshape(z, hb, wb) / (BLOCK * BLOCK)
+        sums[:, b0:b0 + nb] += np.bincount(cell.ravel(), weights=weight.ravel(),
+                                           minlength=z * nb * wb).reshape(z, nb, wb)
+        del cell, weight
+    sums /= BLOCK * BLOCK
     # cumulative votes C[k] = sum_{j < k} V_j on the block grid, C[0] = 0
     cum = np.zeros((z + 1, hb, wb), np.float32)
     for k in range(z):
         votes = ndi.gaussian_filter(sums[k], sigma, mode="reflect", truncate=3.0)
         cum[k + 1] = cum[k] + votes
-    # whether a choice of slice k in a block would stand, decided on the grid and read by
-    # each pixel through its cell
-    ks = np.arange(z)
-    hi = np.minimum(ks + TOLERANCE, z - 1) + 1
-    lo = np.maximum(ks - TOLERANCE, 0)
+    del sums, votes
+    # whether a choice of slice k in a block would stand, decided on the grid (slice by
+    # slice: no more (Z, blocks) arrays) and read by each pixel through its cell
     total = cum[z]
-    near = cum[hi] - cum[lo]
-    bad_cell = ((near < agreement * total[None]) & (total[None] > 1e-3)).ravel()
+    need = agreement * total
+    voted = total > 1e-3
+    bad_cell = np.zeros((z, hb, wb), bool)
+    for k in range(z):
+        near = cum[min(k + TOLERANCE, z - 1) + 1] - cum[max(k - TOLERANCE, 0)]
+        np.logical_and(near < need, voted, out=bad_cell[k])
+    bad_cell = bad_cell.ravel()
     if not bad_cell.any():
         return choice
     # the weighted median height per block: the first k with C[k + 1] >= half the total
-    median_grid = np.minimum((cum[1:] < 0.5 * cum[z][None]).sum(axis=0), z - 1)
+    below = np.zeros((hb, wb), np.intp)
+    half = 0.5 * total
+    for k in range(z):
+        below += cum[k + 1] < half
+    median_grid = np.minimum(below, z - 1)
+    del cum, below
     out = choice.copy()
     for r0 in range(0, h, rows):
         ys, xs = np.nonzero(bad_cell[cells(r0)])
