@@ -193,3 +193,28 @@ def test_bands_of_rows_give_the_whole_image_bit_for_bit(method, monkeypatch):
     assert np.array_equal(one.image, banded.image)
     assert np.array_equal(one.index_map, banded.index_map)
     assert np.array_equal(one.weights, banded.weights)
+
+
+def test_every_path_of_the_choose_max_methods_reads_lazy_slices():
+    """Series mode and the GPU code (torch ops, here on the CPU) read the slices one at a
+    time too, and give what they give on float arrays."""
+    from napari_mfif.focus._ops import NUMPY, TorchOps
+    from napari_mfif.focus.classic import _fuse
+    from napari_mfif.stack import to_dtype
+
+    stack = _stack_with_flat_areas(seed=13, z=5, size=96)
+    work, gray, _ = lazy_stack(stack)
+    arrays = stack.astype(np.float32)[..., None]
+    params = dict(presmooth=0.5, window=3.0, smooth=2.5, noise_floor=3.0)
+    for ops, mode, check in [(TorchOps("cpu"), "nway", 16.0), (TorchOps("cpu"), "nway", 0.0),
+                             (TorchOps("cpu"), "series", 0.0), (NUMPY, "series", 0.0)]:
+        lazy = _fuse(fine_band_energy, ops, work, gray, mode=mode, progress=None,
+                     keep_weights=True, consistency=check, **params)
+        eager = _fuse(fine_band_energy, ops, arrays, arrays[..., 0], mode=mode, progress=None,
+                      keep_weights=True, consistency=check, **params)
+        for a, b in zip(lazy, eager):
+            assert np.array_equal(a, b), (mode, check)
+    # fuse() in series mode: the float arrays' result, back in the input's dtype
+    series = mf.fuse(stack, mode="series")
+    assert np.array_equal(series.image, to_dtype(eager[0][..., 0], stack.dtype))
+    assert np.array_equal(series.index_map, eager[1])

@@ -222,7 +222,7 @@ def fuse(
     used_device = resolve_device(device, spec.devices, method, auto_cuda=spec.auto_cuda)
     array = as_stack(stack)
     check_slice_size(array.shape)
-    if spec.slice_by_slice and mode == "nway" and used_device == "cpu" and align is None:
+    if spec.slice_by_slice and align is None:
         work, gray, had_channels = lazy_stack(array, focus_channel)  # no float copy
     else:
         work, had_channels = with_channel_axis(array)

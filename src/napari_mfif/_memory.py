@@ -28,6 +28,7 @@ lies at or above the large runs:
 method, mode              a     b     c     d    n (network, per Y*X)        overhead
 =======================  ====  ====  ====  ====  ==========================  ==================
 slice by slice, nway      0     1    18    10    -                           24 + 16 T MiB
+slice by slice, series    0     0    16    24    -                           24 MiB
 classic, nway             6    20     2    56    -                           8 MiB
 classic, series           6     0     7    26    -                           8 MiB
 cnn, nway                 6    46     0     0    240 compact, 1250 liu2017   352 MiB
@@ -36,21 +37,23 @@ cnn_wavelet, nway         6    46     0     0    as cnn                      352
 cnn_wavelet, series       6     6    18    36    as cnn                      352 MiB
 =======================  ====  ====  ====  ====  ==========================  ==================
 
-"slice by slice" is every method that fuses N-way one slice at a time (the choose-max
+"slice by slice" is every method that reads the slices one at a time (the choose-max
 methods: ``dog``, ``tenengrad``, ``variance``, ``sml``; :attr:`Method.slice_by_slice
 <napari_mfif.registry.Method.slice_by_slice>`): no float copy of the stack and no per-slice
-maps kept, so only the consistency check's vote grid (a sixteenth of the pixels, ``b``)
-grows with the number of slices, and the slices are worked on in
-bands of rows (:data:`napari_mfif.stack.BAND_PIXELS`), so that the temporaries do not grow
-with the image either: ``c`` and ``d`` hold the running best, the choice, the running sums,
-the confidence and the conversion back to the input's dtype; T is the threads the
-per-slice steps use (:func:`napari_mfif.stack.slice_threads`, 1 to 4), each with one
-band's temporaries. Measured on 8 to 24 slices of 1024^2 to 8192^2 (grey uint16, RGB
-uint8; ``dog``, ``tenengrad``, ``sml``, with and without the noise floor and
-``return_weights``; two threads), the peaks were 0.6 (1024^2) to 0.92 times the estimate. "classic" is the
-same methods in series mode, and the other methods (pyramid, wavelet, focusnet, and methods
-registered from outside the package, whose needs are unknown). Of ``a``, 4 bytes per value
-are the float32 copy of the stack; ``b`` holds
+maps kept. In N-way mode only the consistency check's vote grid (a sixteenth of the
+pixels, ``b``) grows with the number of slices, and the slices are worked on in bands of
+rows (:data:`napari_mfif.stack.BAND_PIXELS`), so that the temporaries do not grow with the
+image either: ``c`` and ``d`` hold the running best, the choice, the running sums, the
+confidence and the conversion back to the input's dtype; T is the threads the per-slice
+steps use (:func:`napari_mfif.stack.slice_threads`, 1 to 4), each with one band's
+temporaries. In series mode (one thread) they hold the running result and its gray image,
+the slice being added and the pair's focus maps. Measured on 8 to 24 slices of 1024^2 to
+8192^2 (grey uint16, RGB uint8; ``dog``, ``tenengrad``, ``sml``, with and without the noise
+floor and ``return_weights``; two threads), the peaks were 0.6 (1024^2) to 0.92 times the
+estimate in N-way mode, 0.67 to 0.94 in series. "classic" is the other methods (pyramid,
+wavelet, focusnet, and methods registered from outside the package, whose needs are
+unknown), and the choose-max methods when the slices are aligned first. Of ``a``, 4 bytes
+per value are the float32 copy of the stack; ``b`` holds
 the per-slice maps kept for all slices at once (decision maps; the flat-area blend; for the
 CNN, the score maps, their softmax and the guided filter); the CNN's ``n`` is one slice's
 feature maps (16 and 32 full-size channels for the compact net, 64 and 128 for liu2017; a
@@ -59,8 +62,9 @@ feature maps (16 and 32 full-size channels for the compact net, 64 and 128 for l
 RGB and 8 channels): in N-way its DWT pass stays below the CNN's own peak (the same peak to
 within 1 %); in series the running result and the two slices' decompositions (with the gray
 image as one more channel) add about 18 bytes per image value plus 36 per pixel.
-``return_weights=True`` adds 6 bytes per voxel in series mode, 5 slice by slice (the
-weights themselves, 4) and nothing in the classic N-way mode (which holds them anyway).
+``return_weights=True`` adds 6 bytes per voxel in the classic series mode, 5 (N-way) and
+7 (series) slice by slice (the weights themselves, 4) and nothing in the classic N-way mode
+(which holds them anyway).
 Of the runs whose peak passed 100 MiB, the classic methods measured 0.73 to 0.95 times the
 estimate, the CNN 0.71 to 1.0 times from 1 GiB up and up to 1.3 times its estimate without
 the torch import below that (its peak varies by some 15 % from run to run). On a GPU the
@@ -90,6 +94,7 @@ _GIB = 2**30
 #: (method kind, mode) -> bytes per (stack value, voxel, image value, image pixel), float32 work
 _FACTORS = {
     ("streamed", "nway"): (0, 1, 18, 10),
+    ("streamed", "series"): (0, 0, 16, 24),
     ("classic", "nway"): (6, 20, 2, 56),
     ("classic", "series"): (6, 0, 7, 26),
     ("cnn", "nway"): (6, 46, 0, 0),
@@ -111,7 +116,7 @@ _OVERHEAD = {"streamed": 24 * _MIB, "classic": 8 * _MIB, "cnn": 352 * _MIB}
 #: bytes of one thread's temporaries (a band of one slice), slice by slice
 _THREAD = 16 * _MIB
 #: extra bytes per voxel for ``return_weights=True``, by kind and mode
-_WEIGHTS = {("classic", "series"): 6, ("streamed", "nway"): 5}
+_WEIGHTS = {("classic", "series"): 6, ("streamed", "nway"): 5, ("streamed", "series"): 7}
 
 #: a cgroup memory limit at least this large means "no limit"
 _NO_LIMIT = 2**60
@@ -278,7 +283,7 @@ def _kind(method: str, mode: str = "series") -> str:
     from .registry import available_methods
 
     spec = available_methods().get(method)
-    if mode == "nway" and spec is not None and spec.slice_by_slice:
+    if spec is not None and spec.slice_by_slice:
         return "streamed"
     return "classic"
 
@@ -333,7 +338,7 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
         total += _NETWORK[_network(params)][mode] * pixels
     if return_weights:
         total += scale * _WEIGHTS.get((kind, mode), 0) * voxels
-    if kind == "streamed":
+    if kind == "streamed" and mode == "nway":  # series runs on one thread
         total += _THREAD * slice_threads()
     return total + _OVERHEAD[kind]
 

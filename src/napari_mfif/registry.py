@@ -73,8 +73,9 @@ class Method:
     torch_cpu: bool = False
     #: whether ``run`` takes the stack and its gray image as
     #: :class:`~napari_mfif.stack.LazySlices` (each slice converted when it is read, so no
-    #: float copy of the whole stack is made) in N-way mode on the CPU without alignment;
-    #: otherwise, and for every other method, they are float arrays
+    #: float copy of the whole stack is made; read ``stack[k]``, ``stack[k, ...]``, never
+    #: the whole) when there is no alignment; otherwise, and for every other method, they
+    #: are float arrays
     slice_by_slice: bool = False
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
