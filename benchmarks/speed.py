@@ -267,15 +267,24 @@ STAGE_RULES = [
     (("io.py", "read_stack"), None, "reading"),
     (("io.py", "read_image"), None, "reading"),
     (("_api.py", "fuse"), None, "input checks, float conversion"),
+    # slice by slice: each slice is converted when it is read (LazySlices.__getitem__);
+    # the consistency check's rescored boxes (_SliceScore.__getitem__) are its own
+    (("stack.py", "__getitem__"), ("consistency.py", "check"), "choice, consistency check, running sums"),
+    (("stack.py", "__getitem__"), None, "input checks, float conversion"),
+    (("stack.py", "_fill_flat"), None, "noise floor + flat-area fill"),
+    (("stack.py", "__init__"), None, "noise floor + flat-area fill"),  # _FillScales
+    (("stack.py", "at"), None, "noise floor + flat-area fill"),
+    (("stack.py", "smoothed"), None, "decision smoothing"),
+    (("stack.py", "nway_fuse"), None, "choice, consistency check, running sums"),
     (("stack.py", "noise_sigma"), None, "noise floor + flat-area fill"),
     (("classic.py", "noise_score"), None, "noise floor + flat-area fill"),
     (("stack.py", "fill_flat_areas"), None, "noise floor + flat-area fill"),
     (("dog.py", "fine_band_energy"), None, "focus measure"),
     (("classic.py", "tenengrad"), None, "focus measure"),
     (("classic.py", "local_variance"), None, "focus measure"),
-    (("classic.py", "_choose"), None, "choice + consistency check"),
-    (("stack.py", "nway_choice"), None, "choice + consistency check"),
-    (("consistency.py", "check"), None, "choice + consistency check"),
+    (("classic.py", "_choose"), None, "choice, consistency check, running sums"),
+    (("stack.py", "nway_choice"), None, "choice, consistency check, running sums"),
+    (("consistency.py", "check"), None, "choice, consistency check, running sums"),
     (("classic.py", "_gaussian"), None, "decision smoothing"),
     (("stack.py", "blend"), None, "blend + height map"),
     (("stack.py", "to_dtype"), None, "blend + height map"),
@@ -285,13 +294,13 @@ STAGE_RULES = [
     (("cli.py", "_pixel_size"), None, "writing"),
 ]
 STAGES = ["start-up: interpreter", "start-up: imports", "reading",
-          "input checks, float conversion", "focus measure", "choice + consistency check",
+          "input checks, float conversion", "focus measure", "choice, consistency check, running sums",
           "decision smoothing", "noise floor + flat-area fill", "blend + height map",
           "writing", "other"]
-#: finer rows: the consistency check alone (its share of "choice + consistency check")
+#: finer rows: the consistency check alone (its share of "choice, consistency check, running sums")
 DETAIL = [(("consistency.py", "check"), "of which: consistency check"),
           (("stack.py", "noise_sigma"), "of which: noise level (Immerkaer)"),
-          (("stack.py", "fill_flat_areas"), "of which: flat-area fill")]
+          (("stack.py", "_fill_flat"), "of which: flat-area fill")]
 
 
 def _match(func, pattern) -> bool:
