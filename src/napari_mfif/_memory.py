@@ -277,7 +277,7 @@ def _read_int(path: Path) -> int | None:
 _CNN_METHODS = ("cnn", "cnn_wavelet")
 
 
-def _kind(method: str, mode: str = "series") -> str:
+def _kind(method: str) -> str:
     if method in _CNN_METHODS:
         return "cnn"
     from .registry import available_methods
@@ -328,7 +328,7 @@ def fusion_bytes(shape, dtype, method: str = "tenengrad", mode: str = "nway", *,
     """
     z, y, x, c = _dims(shape)
     mode = mode if mode in ("nway", "series") else "nway"
-    kind = _kind(method, mode)
+    kind = _kind(method)
     key = (method if method in _CNN_METHODS else kind, mode)
     a, b, c_image, d = _FACTORS[key]
     scale = work_dtype(np.dtype(dtype)).itemsize // 4

@@ -583,8 +583,6 @@ def nway_fuse(
     return fused, height, confidence
 
 
-
-
 def _fill_flat(fused: np.ndarray | None, height: np.ndarray, weights: np.ndarray | None,
                confidence: np.ndarray, stack: Any, z: int, *, view: View | None,
                maps: "FillMaps | None", spread: float = 1.0) -> None:

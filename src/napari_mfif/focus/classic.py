@@ -168,15 +168,11 @@ def _streamed(measure, measure_reach, gray, *, presmooth, window, smooth, noise_
     consistency check of these parameters: the memory beyond the stack is a few
     image-sized maps, whatever the number of slices. ``floor`` (a tiled run's) or
     ``context`` replaces the floor measured on ``gray``."""
-    view = maps = None
-    if context is not None:
-        floor, view, maps = context.stats or 0.0, context.view, context.coarse
-    elif floor is None:
-        floor = 0.0
-        if noise_floor > 0:
-            sigma = noise_sigma(gray)
-            floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth,
-                                              window=window)
+    if floor is None or context is not None:
+        floor, view, maps = _floor(measure, gray, context, noise_floor=noise_floor,
+                                   presmooth=presmooth, window=window)
+    else:
+        view = maps = None
     revise = None
     if consistency > 0:
         def revise(choice, scores, trust):
@@ -233,14 +229,22 @@ def nway_weights(measure, gray, *, device="cpu", context=None, measure_reach=_me
     return _nway_weights(measure, ops, gray, None, context, **params)
 
 
-def _nway_weights(measure, ops, gray, progress, context, *, presmooth, window, smooth,
-                  noise_floor, consistency, agreement):
-    floor, view, maps = 0.0, None, None
+def _floor(measure, gray, context, *, noise_floor, presmooth, window):
+    """(floor, view, maps) of an N-way run: a tiled run's from its ``context``; else the
+    noise floor measured on ``gray`` (0 when off), the whole image and no maps."""
     if context is not None:
-        floor, view, maps = context.stats or 0.0, context.view, context.coarse
-    elif noise_floor > 0:
+        return context.stats or 0.0, context.view, context.coarse
+    floor = 0.0
+    if noise_floor > 0:
         sigma = noise_sigma(gray)
         floor = noise_floor * noise_score(measure, sigma, presmooth=presmooth, window=window)
+    return floor, None, None
+
+
+def _nway_weights(measure, ops, gray, progress, context, *, presmooth, window, smooth,
+                  noise_floor, consistency, agreement):
+    floor, view, maps = _floor(measure, gray, context, noise_floor=noise_floor,
+                               presmooth=presmooth, window=window)
     weights, confidence = _choose(measure, ops, gray, progress, floor=floor,
                                   presmooth=presmooth, window=window, smooth=smooth,
                                   consistency=consistency, agreement=agreement)

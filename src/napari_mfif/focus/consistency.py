@@ -80,21 +80,9 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     rows = max(1, BAND_PIXELS // 2 // (w * BLOCK)) * BLOCK
     bx = (np.arange(w) // BLOCK).astype(index)[None, :]
 
-    def cells(r0: int) -> np.ndarray:
-        """Every pixel's (slice, block) cell in the band of rows from ``r0``."""
-        part = choice[r0:r0 + rows]
-        by = (np.arange(r0, r0 + part.shape[0]) // BLOCK).astype(index)[:, None]
-        cell = part.astype(index)
-        cell *= index(hb * wb)
-        cell += by * index(wb)
-        cell += bx
-        return cell
-
-    # every slice's vote sums per block (exact in float64 whatever the order: 16 float32
-    # values), as means over the blocks' full area (partial blocks at the edges: over
-    # their pixels); each band's blocks are counted on their own, in the same order
-    sums = np.zeros((z, hb, wb), np.float64)
-    for r0 in range(0, h, rows):
+    def cells(r0: int) -> tuple[np.ndarray, int, int]:
+        """Every pixel's (slice, block) cell in the band of rows from ``r0``, numbered within
+        the band's blocks, with the band's first block row and its count of block rows."""
         part = choice[r0:r0 + rows]
         n = part.shape[0]
         b0, nb = r0 // BLOCK, -(-n // BLOCK)
@@ -102,7 +90,15 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
         cell *= index(nb * wb)
         cell += (np.arange(n) // BLOCK).astype(index)[:, None] * index(wb)
         cell += bx
-        weight = (np.ones(part.shape, np.float32) if confidence is None
+        return cell, b0, nb
+
+    # every slice's vote sums per block (exact in float64 whatever the order: 16 float32
+    # values), as means over the blocks' full area (partial blocks at the edges: over
+    # their pixels); each band's blocks are counted on their own, in the same order
+    sums = np.zeros((z, hb, wb), np.float64)
+    for r0 in range(0, h, rows):
+        cell, b0, nb = cells(r0)
+        weight = (np.ones(cell.shape, np.float32) if confidence is None
                   else confidence[r0:r0 + rows].astype(np.float32, copy=False))
         sums[:, b0:b0 + nb] += np.bincount(cell.ravel(), weights=weight.ravel(),
                                            minlength=z * nb * wb).reshape(z, nb, wb)
@@ -123,7 +119,6 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     for k in range(z):
         near = cum[min(k + TOLERANCE, z - 1) + 1] - cum[max(k - TOLERANCE, 0)]
         np.logical_and(near < need, voted, out=bad_cell[k])
-    bad_cell = bad_cell.ravel()
     if not bad_cell.any():
         return choice
     # the weighted median height per block: the first k with C[k + 1] >= half the total
@@ -135,7 +130,9 @@ def check(choice: np.ndarray, scores, confidence: np.ndarray | None, *, consiste
     del cum, below
     out = choice.copy()
     for r0 in range(0, h, rows):
-        ys, xs = np.nonzero(bad_cell[cells(r0)])
+        cell, b0, nb = cells(r0)
+        ys, xs = np.nonzero(bad_cell[:, b0:b0 + nb].ravel()[cell])
+        del cell
         if not ys.size:
             continue
         ys += r0
